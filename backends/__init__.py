@@ -1,0 +1,1 @@
+"""Backends that turn optimized gradc graphs into native code."""

@@ -1,0 +1,2 @@
+"""gradc: compile Python neural-network definitions into native forward and backward code."""
+from . import ir

@@ -1,0 +1,154 @@
+"""Builds graphs with ordinary Python arithmetic: the tracer and the VJP rules both write `g * y`."""
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import numpy as np
+
+from .graph import Graph, Value
+from .types import ShapeError, TensorType, normalize_axes
+
+Scalar = Union[int, float, np.floating, np.integer]
+
+
+class Builder:
+    """Appends ops to `graph`; `locate()` gives each new op its source location."""
+
+    def __init__(self, graph: Graph, locate: Callable[[], str] = lambda: "",
+                 sym_type: type | None = None) -> None:
+        self.graph = graph
+        self.locate = locate
+        self.sym_type = sym_type or Sym
+
+    def wrap(self, value: Value) -> Sym:
+        return self.sym_type(value, self)
+
+    def op(self, name: str, *operands: Sym | Value, **attrs: Any) -> Sym:
+        values = [o.value if isinstance(o, Sym) else o for o in operands]
+        return self.wrap(self.graph.add_op(name, values, attrs, loc=self.locate()))
+
+    def const(self, value: float, dtype: str) -> Sym:
+        return self.op("const", value=float(value), dtype=dtype)
+
+    def lift(self, x: Sym | Scalar, like: Sym) -> Sym:
+        """A Python number becomes a constant of `like`'s dtype, as in JAX's weak typing."""
+        if isinstance(x, Sym):
+            if x.builder is not self:
+                raise TypeError("mixing tensors from different traces")
+            return x
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.floating, np.integer)):
+            raise TypeError(f"cannot combine a traced tensor with {type(x).__name__} {x!r}; "
+                            "use a tensor argument or a Python number")
+        return self.const(float(x), like.dtype)
+
+
+class Sym:
+    """A graph value with operator overloading; arithmetic appends ops to the builder's graph."""
+
+    __slots__ = ("value", "builder")
+    __array_priority__ = 1000  # so `ndarray * sym` defers to Sym.__rmul__ and raises its error
+
+    def __init__(self, value: Value, builder: Builder) -> None:
+        self.value = value
+        self.builder = builder
+
+    @property
+    def type(self) -> TensorType:
+        return self.value.type
+
+    @property
+    def shape(self) -> tuple:
+        return self.value.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.value.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.value.type.rank
+
+    def _binary(self, name: str, other: Any, reverse: bool = False) -> Sym:
+        other = self.builder.lift(other, self)
+        a, b = (other, self) if reverse else (self, other)
+        if a.dtype != b.dtype:
+            raise ShapeError(f"{name}: dtypes {a.dtype} and {b.dtype} differ; gradc does not promote "
+                             "silently, so make both arguments the same dtype")
+        return self.builder.op(name, a, b)
+
+    def __add__(self, o): return self._binary("add", o)
+    def __radd__(self, o): return self._binary("add", o, True)
+    def __sub__(self, o): return self._binary("sub", o)
+    def __rsub__(self, o): return self._binary("sub", o, True)
+    def __mul__(self, o): return self._binary("mul", o)
+    def __rmul__(self, o): return self._binary("mul", o, True)
+    def __truediv__(self, o): return self._binary("div", o)
+    def __rtruediv__(self, o): return self._binary("div", o, True)
+    def __neg__(self): return self.builder.op("neg", self)
+    def __pos__(self): return self
+
+    def __pow__(self, exponent: Any) -> Sym:
+        if isinstance(exponent, Sym) or isinstance(exponent, (bool, np.bool_)) or \
+                not isinstance(exponent, (int, float, np.floating, np.integer)):
+            raise TypeError("x ** e needs a constant Python number e; for a tensor exponent "
+                            "write gc.exp(e * gc.log(x))")
+        return self.builder.op("pow", self, exponent=float(exponent))
+
+    def __matmul__(self, o): return matmul(self, self.builder.lift(o, self))
+    def __rmatmul__(self, o): return matmul(self.builder.lift(o, self), self)
+
+    @property
+    def T(self) -> Sym:
+        return self.transpose()
+
+    def transpose(self, axes: tuple[int, ...] | None = None) -> Sym:
+        perm = tuple(reversed(range(self.ndim))) if axes is None else tuple(a % max(self.ndim, 1) for a in axes)
+        if perm == tuple(range(self.ndim)):
+            return self
+        return self.builder.op("transpose", self, perm=list(perm))
+
+    def reshape(self, *shape: Any) -> Sym:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return self.builder.op("reshape", self, shape=list(shape))
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Sym:
+        axes = normalize_axes(axis, self.ndim)
+        return self.builder.op("reduce_sum", self, axes=list(axes), keepdims=keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Sym:
+        axes = normalize_axes(axis, self.ndim)
+        return self.builder.op("reduce_max", self, axes=list(axes), keepdims=keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Sym:
+        axes = normalize_axes(axis, self.ndim)
+        return self.sum(axes, keepdims) / self.builder.op("size", self, axes=list(axes))
+
+    def broadcast_to(self, shape: tuple, dims: tuple[int, ...] | None = None) -> Sym:
+        """Broadcast into `shape`, operand axis i going to output axis dims[i] (numpy-aligned by default)."""
+        if dims is None:
+            dims = tuple(range(len(shape) - self.ndim, len(shape)))
+        if tuple(shape) == self.shape and tuple(dims) == tuple(range(self.ndim)):
+            return self
+        return self.builder.op("broadcast", self, shape=list(shape), dims=list(dims))
+
+    def __repr__(self) -> str:
+        return f"<traced {self.type} {self.value.name}>"
+
+
+def matmul(a: Sym, b: Sym) -> Sym:
+    """numpy matmul for 1-D and 2-D operands, lowered onto the 2-D matmul op with reshapes."""
+    if a.dtype != b.dtype:
+        raise ShapeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ")
+    if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
+        raise ShapeError(f"matmul takes 1-D or 2-D operands, got shapes {a.shape} and {b.shape}")
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    out = a.builder.op("matmul", a2, b2, transpose_a=False, transpose_b=False)
+    if a.ndim == 1 and b.ndim == 1:
+        return out.reshape(())
+    if a.ndim == 1:
+        return out.reshape(out.shape[1])
+    if b.ndim == 1:
+        return out.reshape(out.shape[0])
+    return out

@@ -1,0 +1,155 @@
+"""The IR's text form: one generic syntax for every op, printed deterministically, parsed losslessly.
+
+    func @loss(%x: f32[B,784], %U: f32[128,784]) -> (f32[]) {
+      %f = matmul(%x, %U) {transpose_a=false, transpose_b=true} : f32[B,128]  # model.py:4
+      ...
+      return %L
+    }
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .graph import Graph, Value, verify
+from .ops import OPS
+from .types import TensorType
+
+
+class ParseError(ValueError):
+    """IR text that does not parse, with the line it failed on."""
+
+
+def _format_attr(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_format_attr(x) for x in v) + "]"
+    return str(v)
+
+
+def value_names(graph: Graph) -> dict[Value, str]:
+    """Unique printable names: the hint where it is free, else the hint with a numeric suffix."""
+    names: dict[Value, str] = {}
+    used: set[str] = set()
+    values = list(graph.inputs) + [op.result for op in graph.ops]
+    for v in values:
+        base = v.name or "t"
+        candidate, k = base, 0
+        while candidate in used or (not v.name and k == 0):
+            k += 1
+            candidate = f"{base}{k}" if not v.name else f"{base}_{k}"
+        used.add(candidate)
+        names[v] = candidate
+    return names
+
+
+def print_graph(graph: Graph) -> str:
+    names = value_names(graph)
+    args = ", ".join(f"%{names[v]}: {v.type}" for v in graph.inputs)
+    outs = ", ".join(str(v.type) for v in graph.outputs)
+    lines = [f"func @{graph.name}({args}) -> ({outs}) {{"]
+    for op in graph.ops:
+        operands = ", ".join(f"%{names[v]}" for v in op.operands)
+        attrs = ", ".join(f"{k}={_format_attr(op.attrs[k])}" for k in sorted(op.attrs))
+        line = f"  %{names[op.result]} = {op.name}({operands})"
+        if attrs:
+            line += f" {{{attrs}}}"
+        line += f" : {op.result.type}"
+        if op.loc:
+            line += f"  # {op.loc}"
+        lines.append(line)
+    lines.append("  return " + ", ".join(f"%{names[v]}" for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<float>-?(?:\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan))(?![\w.])"
+                    r"|(?P<int>-?\d+)|(?P<word>[A-Za-z_][\w.]*)|(?P<punct>[\[\],]))")
+_TYPE = re.compile(r"(f32|f64)\[([^\]]*)\]")
+_HEADER = re.compile(r"func @([\w.]+)\((.*)\) -> \((.*)\) \{$")
+_OP = re.compile(r"%([\w.]+) = (\w+)\(([^)]*)\)(?: \{(.*)\})? : (\S+)(?:  # (.*))?$")
+
+
+def _parse_type(text: str) -> TensorType:
+    m = _TYPE.fullmatch(text.strip())
+    if not m:
+        raise ParseError(f"bad type {text!r}")
+    dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
+    return TensorType(m.group(1), tuple(int(d) if re.fullmatch(r"\d+", d) else d for d in dims))
+
+
+def _parse_attr_value(tokens: list[tuple[str, str]], pos: int) -> tuple[Any, int]:
+    kind, text = tokens[pos]
+    if text == "[":
+        items, pos = [], pos + 1
+        while tokens[pos][1] != "]":
+            item, pos = _parse_attr_value(tokens, pos)
+            items.append(item)
+            if tokens[pos][1] == ",":
+                pos += 1
+        return items, pos + 1
+    if kind == "float":
+        return float(text), pos + 1
+    if kind == "int":
+        return int(text), pos + 1
+    if kind == "word":
+        return {"true": True, "false": False}.get(text, text), pos + 1
+    raise ParseError(f"unexpected {text!r} in attribute")
+
+
+def _parse_attrs(text: str | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if not text:
+        return attrs
+    for part in re.finditer(r"(\w+)=((?:\[[^\]]*\])|[^,]+)", text):
+        tokens = [(m.lastgroup, m.group(m.lastgroup)) for m in _TOKEN.finditer(part.group(2))]
+        value, end = _parse_attr_value(tokens, 0)
+        if end != len(tokens):
+            raise ParseError(f"trailing text in attribute {part.group(0)!r}")
+        attrs[part.group(1)] = value
+    return attrs
+
+
+def parse(text: str) -> Graph:
+    """Parse the text form back into a verified graph."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        raise ParseError("empty IR text")
+    header = _HEADER.match(lines[0].strip())
+    if not header:
+        raise ParseError(f"line 1: expected 'func @name(%arg: type, ...) -> (types) {{', got {lines[0]!r}")
+    graph = Graph(header.group(1))
+    env: dict[str, Value] = {}
+    for arg in filter(None, (a.strip() for a in re.split(r",\s*(?=%)", header.group(2)))):
+        name, _, type_text = arg.partition(":")
+        env[name.strip()[1:]] = graph.add_input(name.strip()[1:], _parse_type(type_text))
+    for lineno, line in enumerate(lines[1:], start=2):
+        stripped = line.strip()
+        if stripped == "}":
+            break
+        try:
+            if stripped.startswith("return"):
+                graph.outputs = [env[n.strip()[1:]] for n in stripped[len("return"):].split(",") if n.strip()]
+                continue
+            m = _OP.match(stripped)
+            if not m:
+                raise ParseError("expected '%name = op(%operands) {attrs} : type'")
+            name, opname, operand_text, attr_text, type_text, loc = m.groups()
+            if opname not in OPS:
+                raise ParseError(f"unknown op {opname!r}")
+            operands = [env[o.strip()[1:]] for o in operand_text.split(",") if o.strip()]
+            value = graph.add_op(opname, operands, _parse_attrs(attr_text), loc=loc or "", hint=name)
+            if value.type != _parse_type(type_text):
+                raise ParseError(f"declared type {type_text} but the shape rule gives {value.type}")
+            env[name] = value
+        except KeyError as e:
+            raise ParseError(f"line {lineno}: undefined value %{e.args[0]}: {line.strip()}") from None
+        except ParseError as e:
+            raise ParseError(f"line {lineno}: {e}: {line.strip()}") from None
+        except ValueError as e:
+            raise ParseError(f"line {lineno}: {e}: {line.strip()}") from None
+    verify(graph)
+    return graph
