@@ -1,0 +1,191 @@
+"""Tracing: run the user's Python function on tracer tensors and record the ops it applies."""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .ir import Builder, Graph, Sym, TensorType
+from .ir.types import DTYPE_NAMES
+
+import gradc.backends
+
+_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                  for m in (sys.modules["gradc"], sys.modules["gradc.ir"], gradc.backends))
+
+
+class TracingError(TypeError):
+    """Python used on a traced tensor in a way that cannot be recorded in a graph."""
+
+
+class Tracer(Sym):
+    """A tensor inside a traced function: arithmetic is recorded; asking for its value is an error."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        raise TracingError(
+            "Python control flow (if, while, and, or, bool()) on a traced tensor: its value is not "
+            "known while tracing. Write it with arithmetic instead, e.g. gc.maximum(x, 0) or a mask "
+            "like (x > 0) expressed as gc.relu; or pass the condition as a Python constant.")
+
+    def _no_value(self, what: str) -> None:
+        raise TracingError(f"{what} of a traced tensor is not known while tracing; "
+                           "keep it as a tensor (gradc records the computation, not values)")
+
+    def __float__(self): self._no_value("float()")
+    def __int__(self): self._no_value("int()")
+    def __index__(self): self._no_value("using as an index")
+    def __iter__(self): self._no_value("iterating over the elements")
+
+    def __getitem__(self, item: Any) -> Any:
+        raise TracingError("indexing a traced tensor is not supported; use gc.sum/gc.mean over an "
+                           "axis, or pass the slice as its own argument")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TracingError("a traced tensor cannot become a numpy array: numpy code cannot run on "
+                           "it while tracing. Use the gc.* functions (gc.exp, gc.sum, ...) instead")
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if method == "__call__" and ufunc.__name__ in _UFUNC_OPERATORS and len(inputs) == 2:
+            other = inputs[0] if inputs[1] is self else inputs[1]
+            raise TracingError(f"numpy array {_describe(other)} combined with a traced tensor: constant "
+                               "arrays are not captured; pass it to the function as an argument")
+        raise TracingError(f"numpy.{ufunc.__name__} applied to a traced tensor; "
+                           f"use gc.{_SUGGEST.get(ufunc.__name__, ufunc.__name__)} instead")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        raise TracingError(f"numpy.{func.__name__} applied to a traced tensor; "
+                           f"use gc.{_SUGGEST.get(func.__name__, func.__name__)} instead")
+
+
+_UFUNC_OPERATORS = {"add", "subtract", "multiply", "divide", "true_divide", "matmul", "power"}
+_SUGGEST = {"subtract": "sub (the - operator)", "multiply": "mul (the * operator)", "amax": "max",
+            "true_divide": "div (the / operator)", "negative": "neg (unary -)"}
+
+
+def _describe(x: Any) -> str:
+    return f"of shape {x.shape}" if hasattr(x, "shape") else repr(x)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """`gc.f32[128, "B"]`: the type of an argument, with string dims bound at call time."""
+
+    type: TensorType
+
+    def __repr__(self) -> str:
+        return f"gc.{self.type}"
+
+
+class _DTypeAnnotator:
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+
+    def __getitem__(self, dims: Any) -> Annotation:
+        dims = dims if isinstance(dims, tuple) else (dims,)
+        return Annotation(TensorType(self.dtype, tuple(dims)))
+
+    def __repr__(self) -> str:
+        return f"gc.{self.dtype}"
+
+
+f32 = _DTypeAnnotator("f32")
+f64 = _DTypeAnnotator("f64")
+
+
+def user_location() -> str:
+    """file:line of the innermost frame outside gradc: the user's line that made the op."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame = frame.f_back
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame else ""
+
+
+def array_type(array: np.ndarray, name: str) -> TensorType:
+    if array.dtype not in DTYPE_NAMES:
+        raise TypeError(f"argument {name!r}: gradc computes in float32 or float64, got {array.dtype} "
+                        f"(convert with .astype(np.float32))")
+    return TensorType(DTYPE_NAMES[array.dtype], tuple(array.shape))
+
+
+def parameter_names(fn: Callable) -> list[str]:
+    params = list(inspect.signature(fn).parameters.values())
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            raise TypeError(f"{fn.__name__}: gradc traces positional tensor parameters only; "
+                            f"parameter {p.name!r} is {p.kind.description}")
+    return [p.name for p in params]
+
+
+def annotated_types(fn: Callable) -> list[TensorType] | None:
+    """The argument types from `gc.f32[...]` annotations, or None when the function has none."""
+    names = parameter_names(fn)
+    hints = getattr(fn, "__annotations__", {})
+    found = [hints.get(n) for n in names]
+    if all(isinstance(a, Annotation) for a in found) and names:
+        return [a.type for a in found]
+    if any(isinstance(a, Annotation) for a in found):
+        missing = [n for n, a in zip(names, found) if not isinstance(a, Annotation)]
+        raise TypeError(f"{fn.__name__}: annotate every parameter with gc.f32[...]/gc.f64[...] or "
+                        f"none; missing: {', '.join(missing)}")
+    return None
+
+
+def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
+    """Trace `fn` on tracers of `types`. Returns the graph and the structure of what fn returned."""
+    names = parameter_names(fn)
+    if len(names) != len(types):
+        raise TypeError(f"{fn.__name__} takes {len(names)} arguments, got {len(types)}")
+    graph = Graph(getattr(fn, "__name__", "fn").replace("<", "").replace(">", "") or "fn")
+    builder = Builder(graph, user_location, Tracer)
+    args = [builder.wrap(graph.add_input(n, t)) for n, t in zip(names, types)]
+    local_names: dict[int, str] = {}
+
+    def remember_locals(frame, event, arg):  # names intermediates after the Python variables
+        if event == "return" and frame.f_code is fn.__code__:
+            for name, value in frame.f_locals.items():
+                if isinstance(value, Sym):
+                    local_names.setdefault(id(value.value), name)
+
+    previous = sys.getprofile()
+    sys.setprofile(remember_locals if hasattr(fn, "__code__") else previous)
+    try:
+        result = fn(*args)
+    finally:
+        sys.setprofile(previous)
+    for op in graph.ops:
+        if not op.result.name and id(op.result) in local_names:
+            op.result.name = local_names[id(op.result)]
+    outputs, structure = _flatten(result, fn)
+    graph.outputs = [o.value for o in outputs]
+    return graph, structure
+
+
+def _flatten(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
+    if isinstance(result, Sym):
+        return [result], None
+    if isinstance(result, (tuple, list)) and result:
+        flat, spec = [], []
+        for item in result:
+            sub, s = _flatten(item, fn)
+            flat += sub
+            spec.append((len(sub), s))
+        return flat, (type(result), spec)
+    raise TypeError(f"{fn.__name__} must return a traced tensor or a tuple/list of them, "
+                    f"got {type(result).__name__}")
+
+
+def unflatten(arrays: list[np.ndarray], structure: Any) -> Any:
+    if structure is None:
+        return arrays[0]
+    kind, spec = structure
+    out, i = [], 0
+    for count, s in spec:
+        out.append(unflatten(arrays[i:i + count], s))
+        i += count
+    return kind(out)
