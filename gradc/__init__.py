@@ -1,2 +1,19 @@
-"""gradc: compile Python neural-network definitions into native forward and backward code."""
+"""gradc: compile Python neural-network definitions into native forward and backward code.
+
+    step = gc.value_and_grad(loss, wrt=("U", "V"))
+    L, (dU, dV) = step(U, V, x, y)
+    print(step.lower(U, V, x, y).as_text("grad"))
+"""
 from . import ir
+from .api import Compiled, Lowered, grad, jit, make_ir, value_and_grad
+from .functions import (exp, log, log_softmax, logsumexp, matmul, max, maximum, mean, mse, relu,
+                        sigmoid, softmax, softmax_cross_entropy, sqrt, stop_gradient, sum, tanh,
+                        transpose)
+from .ir.autodiff import GradError
+from .ir.types import ShapeError
+from .tracing import TracingError, f32, f64
+
+__all__ = ["ir", "Compiled", "Lowered", "grad", "jit", "make_ir", "value_and_grad", "exp", "log",
+           "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "mse", "relu", "sigmoid",
+           "softmax", "softmax_cross_entropy", "sqrt", "stop_gradient", "sum", "tanh", "transpose",
+           "GradError", "ShapeError", "TracingError", "f32", "f64"]

@@ -1,0 +1,177 @@
+"""The public entry points: gc.jit, gc.grad, gc.value_and_grad, gc.make_ir, and `.lower()`."""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+
+from .backends.jit import NativeFunction
+from .ir import Graph, TensorType
+from .ir.autodiff import GradError
+from .ir.dot import to_dot
+from .ir.passes import Autodiff, optimize, run_passes
+from .tracing import annotated_types, array_type, parameter_names, trace, unflatten
+
+Wrt = Union[int, str, Sequence[Union[int, str]]]
+GRAPH_STAGES = ("traced", "grad", "optimized")
+STAGES = GRAPH_STAGES + ("llvm", "asm")
+
+
+@dataclass
+class Lowered:
+    """Every stage of one compilation, for inspection. Graph stages print as gradc IR text."""
+
+    graphs: dict[str, Graph]
+    timings: dict[str, float] = field(default_factory=dict)
+    _native: NativeFunction | None = None
+
+    @property
+    def native(self) -> NativeFunction:
+        if self._native is None:
+            start = time.perf_counter()
+            self._native = NativeFunction(self.graphs["optimized"])
+            self.timings["llvm"] = time.perf_counter() - start
+        return self._native
+
+    def as_text(self, stage: str = "optimized") -> str:
+        if stage in self.graphs:
+            return str(self.graphs[stage])
+        if stage == "llvm":
+            return self.native.llvm_ir
+        if stage == "llvm-unoptimized":
+            return self.native.llvm_ir_unoptimized
+        if stage == "asm":
+            return self.native.asm()
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(self.stages)}")
+
+    def as_dot(self, stage: str = "grad") -> str:
+        if stage not in self.graphs:
+            raise ValueError(f"as_dot takes a graph stage ({', '.join(self.graphs)}), got {stage!r}")
+        return to_dot(self.graphs[stage])
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.graphs) + ["llvm", "asm"]
+
+
+def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
+    names = parameter_names(fn)
+    single = isinstance(wrt, (int, str))
+    indices = []
+    for w in ([wrt] if single else list(wrt)):
+        if isinstance(w, str):
+            if w not in names:
+                raise ValueError(f"wrt={w!r} is not a parameter of {fn.__name__}({', '.join(names)})")
+            indices.append(names.index(w))
+        elif isinstance(w, int) and not isinstance(w, bool) and -len(names) <= w < len(names):
+            indices.append(w % len(names))
+        else:
+            raise ValueError(f"wrt={w!r}: expected a parameter index or name of "
+                             f"{fn.__name__}({', '.join(names)})")
+    if not indices:
+        raise ValueError("wrt names no argument")
+    return indices, single
+
+
+class Compiled:
+    """A function compiled on first call for each signature; later calls reuse the native code."""
+
+    def __init__(self, fn: Callable, mode: str, wrt: Wrt = 0, has_aux: bool = False) -> None:
+        self.fn, self.mode, self.has_aux = fn, mode, has_aux
+        self.names = parameter_names(fn)
+        self.wrt, self.single = _resolve_wrt(fn, wrt) if mode != "jit" else ([], False)
+        self.annotated = annotated_types(fn)
+        self._cache: dict[tuple, tuple[Lowered, Any]] = {}
+        self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
+        functools.update_wrapper(self, fn)
+
+    def _types_of(self, args: Sequence[Any]) -> list[TensorType]:
+        if len(args) != len(self.names):
+            raise TypeError(f"{self.fn.__name__} takes {len(self.names)} arguments "
+                            f"({', '.join(self.names)}), got {len(args)}")
+        return [array_type(np.asarray(a), n) for a, n in zip(args, self.names)]
+
+    def _compile(self, types: Sequence[TensorType]) -> tuple[Lowered, Any]:
+        key = tuple(types)
+        if key in self._cache:
+            return self._cache[key]
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        traced, structure = trace(self.fn, types)
+        timings["trace"] = time.perf_counter() - start
+        graphs = {"traced": traced}
+        n_out = len(traced.outputs)
+        if self.mode != "jit":
+            if self.has_aux and (structure is None or len(structure[1]) != 2):
+                raise GradError(f"has_aux=True: {self.fn.__name__} must return (loss, aux)")
+            if not self.has_aux and structure is not None:
+                raise GradError(f"{self.fn.__name__} returns {n_out} values; grad needs a single scalar "
+                                "(use has_aux=True to return (loss, aux))")
+            for i in self.wrt:
+                if traced.inputs[i].type.dtype not in ("f32", "f64"):
+                    raise GradError(f"cannot differentiate with respect to {self.names[i]!r}")
+            graphs["grad"] = run_passes(traced, [Autodiff(self.wrt)], timings=timings)
+        start = time.perf_counter()
+        graphs["optimized"] = optimize(graphs.get("grad", traced), timings=timings)
+        timings["optimize"] = time.perf_counter() - start
+        compiled = (Lowered(graphs, timings), (structure, n_out))
+        self._cache[key] = compiled
+        return compiled
+
+    def lower(self, *args: Any) -> Lowered:
+        """The compilation for these arguments (or, with annotations, for the annotated types)."""
+        types = self.annotated if self.annotated is not None and not args else self._types_of(args)
+        return self._compile(types)[0]
+
+    def __call__(self, *args: Any) -> Any:
+        if self.annotated is not None:
+            lowered, (structure, n_out) = self._compile(self.annotated)
+        else:
+            try:
+                signature = tuple((a.dtype, a.shape) for a in args)
+            except AttributeError:
+                args = tuple(np.asarray(a) for a in args)
+                signature = tuple((a.dtype, a.shape) for a in args)
+            compiled = self._by_signature.get(signature)
+            if compiled is None:
+                compiled = self._by_signature[signature] = self._compile(self._types_of(args))
+            lowered, (structure, n_out) = compiled
+        outputs = lowered.native(*args)
+        if self.mode == "jit":
+            return unflatten(outputs, structure)
+        value, grads = outputs[:n_out], outputs[n_out:]
+        grads = grads[0] if self.single else tuple(grads)
+        if self.has_aux:
+            loss, aux = value[0], unflatten(value[1:], (structure[0], structure[1][1:]))
+            aux = aux[0] if isinstance(aux, (tuple, list)) and len(aux) == 1 else aux
+            return ((loss, aux), grads) if self.mode == "value_and_grad" else (grads, aux)
+        return (value[0], grads) if self.mode == "value_and_grad" else grads
+
+
+def jit(fn: Callable) -> Compiled:
+    """Compile `fn` (returning a tensor or a tuple/list of tensors) to native code."""
+    return Compiled(fn, "jit")
+
+
+def grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False) -> Compiled:
+    """The gradient of scalar-valued `fn` with respect to the argument(s) `wrt` (indices or names)."""
+    return Compiled(fn, "grad", wrt, has_aux)
+
+
+def value_and_grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False) -> Compiled:
+    """Like `grad`, but returns (value, grads), or ((value, aux), grads) with has_aux."""
+    return Compiled(fn, "value_and_grad", wrt, has_aux)
+
+
+def make_ir(fn: Callable) -> Callable[..., Graph]:
+    """`make_ir(fn)(*arrays)` is the traced graph of fn; its str() is the IR text."""
+    def build(*args: Any) -> Graph:
+        types = annotated_types(fn) if not args else [array_type(np.asarray(a), n)
+                                                      for a, n in zip(args, parameter_names(fn))]
+        if types is None:
+            raise TypeError(f"make_ir({fn.__name__}) needs example arrays or gc.f32[...] annotations")
+        return trace(fn, types)[0]
+    return build
