@@ -69,6 +69,9 @@ class _Prec:
         # expm1 / tanh: below this, exp(x) is under half an ulp of 1, so
         # expm1 == -1 exactly and 2^n stays a single normal number.
         self.expm1_lo = -25.0 if f32 else -50.0
+        # expm1 scales by 2^(n-1) for large n, so n may reach bias + 1
+        # (x*log2e <= 128.5 resp. 1024.5) and still overflow correctly.
+        self.expm1_hi = 89.0 if f32 else 710.0
         # Taylor degree of e^r - 1 on |r| <= ln2/2 (truncation < 0.15 ulp).
         self.exp_deg = 7 if f32 else 13
         # Terms of log(1+f) = 2s + s*R(s^2), R = sum 2 z^k / (2k+1) for
@@ -156,23 +159,37 @@ class _Emitter:
         return self.b.bitcast(bits, self.t)
 
     # shared exp pieces
-    def exp_reduce(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """x = n*ln2 + r with |r| <= ln2/2; x must be finite and clamped."""
+    def fast2sum(self, a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """(h, l) with h + l == a + b exactly; needs |a| >= |b| or a == 0."""
+        h = self.add(a, b)
+        return h, self.add(self.sub(a, h), b)
+
+    def exp_core(self, x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """Split x (finite, clamped) as x = n*ln2 + r with |r| <= ln2/2 and
+        return (n, r, w) where e^(x - n*ln2) - 1 ~= r + w, |w| << |r|.
+
+        Keeping r and the small tail w apart lets callers add r exactly
+        (r times a power of two, plus 1 or 2^n - 1, via fast2sum) and round
+        once at the end; rounding e^r - 1 first would cost up to an extra
+        ulp wherever the final sum cancels (expm1 at n == 1, tanh near 0).
+        """
         p = self.p
         n = self.rint(self.mul(x, self.c(1.0 / math.log(2.0))))
-        # With fma the first step is exact (r is a multiple of ulp(ln2_hi)
-        # and smaller than 1/2), so only the tiny ln2_lo term rounds.
-        r = self.fma(n, self.c(-p.ln2_hi), x)
-        r = self.fma(n, self.c(-p.ln2_lo), r)
-        return self.b.fptosi(n, p.ity), r
-
-    def expm1_poly(self, r: ir.Value) -> ir.Value:
-        """e^r - 1 with good relative accuracy, as r + r^2*P(r)."""
-        coeffs = [1.0 / math.factorial(k) for k in range(2, self.p.exp_deg + 1)]
+        nn = self.b.fneg(n)
+        # With fma the first step is exact (r1 is a multiple of ulp(ln2_hi)
+        # and below 1/2), so only the tiny ln2_lo product rounds; its
+        # rounding error is recovered into r_lo.
+        r1 = self.fma(nn, self.c(p.ln2_hi), x)
+        r = self.fma(nn, self.c(p.ln2_lo), r1)
+        r_lo = self.fma(nn, self.c(p.ln2_lo), self.sub(r1, r))
+        # e^r - 1 = r + r^2 * P(r), Taylor coefficients 1/k!
+        coeffs = [1.0 / math.factorial(k) for k in range(2, p.exp_deg + 1)]
         acc = self.c(coeffs[-1])
         for ck in reversed(coeffs[:-1]):
             acc = self.fma(acc, r, self.c(ck))
-        return self.fma(self.mul(r, r), acc, r)
+        # e^(r + r_lo) - 1 ~= r + r^2 P(r) + r_lo (1 + r)
+        w = self.fma(self.mul(r, r), acc, self.fma(r_lo, r, r_lo))
+        return self.b.fptosi(n, p.ity), r, w
 
     def div_comp(self, nh, nl, dh, dl) -> ir.Value:
         """(nh+nl)/(dh+dl) to about half an ulp, with one division."""
@@ -188,8 +205,9 @@ class _Emitter:
 
 def _body_exp(e: _Emitter, x: ir.Value) -> ir.Value:
     p = e.p
-    n, r = e.exp_reduce(e.clamp(x, p.exp_lo, p.exp_hi))
-    m = e.add(e.expm1_poly(r), e.c(1.0))
+    n, r, w = e.exp_core(e.clamp(x, p.exp_lo, p.exp_hi))
+    h, l = e.fast2sum(e.c(1.0), r)
+    m = e.add(h, e.add(l, w))  # 1 + r + w, rounded once
     # Two factors so that n up to ~2*bias neither overflows the exponent
     # field nor double-rounds: m*2^n1 is exact, the second product rounds
     # once, giving correct overflow to inf and correctly rounded denormals.
@@ -201,21 +219,20 @@ def _body_exp(e: _Emitter, x: ir.Value) -> ir.Value:
 
 def _body_expm1(e: _Emitter, x: ir.Value) -> ir.Value:
     p = e.p
-    n, r = e.exp_reduce(e.clamp(x, p.expm1_lo, p.exp_hi))
-    q = e.expm1_poly(r)
-    n1 = e.b.ashr(n, e.ci(1))
-    s1 = e.pow2(n1)
-    s2 = e.pow2(e.b.sub(n, n1))
-    # 2^n*q + (2^n - 1): 2^n - 1 is exact while n <= precision, so only the
-    # fma rounds.  Larger n: the -1 is below half an ulp; s1*(1+q)*s2 keeps
-    # the exponent in range up to overflow.
-    s = e.mul(s1, s2)
-    small = e.fma(s, q, e.sub(s, e.c(1.0)))
-    big = e.mul(e.fma(q, s1, s1), s2)
-    res = e.sel(e.b.icmp_signed(">", n, e.ci(p.prec)), big, small)
-    # n == 0 is the |x| < ln2/2 case where q itself is the answer; the
-    # x == 0 select keeps expm1(-0) == -0.
-    res = e.sel(e.b.icmp_signed("==", n, e.ci(0)), q, res)
+    n, r, w = e.exp_core(e.clamp(x, p.expm1_lo, p.expm1_hi))
+    # expm1 = 2^n (1 + r + w) - 1 = (2^n - 1) + 2^n r + 2^n w.  While
+    # n <= precision, 2^n - 1 and 2^n r are exact and fast2sum adds them
+    # exactly, so only the final add rounds.  For larger n, 2^n - 1 is not
+    # representable: compute 2 * (2^(n-1) (1 + r + w) - 1/2) instead, which
+    # also keeps 2^(n-1) finite right up to the overflow threshold.
+    big = e.b.icmp_signed(">", n, e.ci(p.prec))
+    s = e.pow2(e.b.sub(n, e.b.zext(big, p.ity)))
+    head = e.sel(big, s, e.sub(s, e.c(1.0)))
+    h, l = e.fast2sum(head, e.mul(s, r))
+    l = e.add(l, e.sel(big, e.c(-0.5), e.c(0.0)))
+    res = e.add(h, e.fma(s, w, l))
+    res = e.mul(res, e.sel(big, e.c(2.0), e.c(1.0)))
+    # keeps expm1(-0) == -0 (the reduction turns -0 into +0)
     res = e.sel(e.b.fcmp_ordered("==", x, e.c(0.0)), x, res)
     return e.sel(e.isnan(x), x, res)
 
@@ -270,28 +287,27 @@ def _body_sigmoid(e: _Emitter, x: ir.Value) -> ir.Value:
 def _body_tanh(e: _Emitter, x: ir.Value) -> ir.Value:
     p = e.p
     a = e.fabs(x)
-    n, r = e.exp_reduce(e.clamp(e.mul(a, e.c(-2.0)), p.expm1_lo, 0.0))
-    q = e.expm1_poly(r)  # exp(-2a) = 2^n (1 + q)
-    s = e.pow2(n)
+    n, r, w = e.exp_core(e.clamp(e.mul(a, e.c(-2.0)), p.expm1_lo, 0.0))
+    s = e.pow2(n)  # exp(-2a) = s (1 + r + w), n in [expm1_lo/ln2, 0]
     one, two = e.c(1.0), e.c(2.0)
 
-    # small |x|: tanh = -t/(2+t), t = expm1(-2a) = s*q + (s-1) carried as an
-    # exact hi+lo pair (s*q and s-1 are exact, Fast2Sum since |s-1| >= |s*q|
-    # or s-1 == 0), so cancellation near 0 costs nothing.
-    sq = e.mul(s, q)
-    sm1 = e.sub(s, one)
-    th = e.add(sm1, sq)
-    tl = e.add(e.sub(sm1, th), sq)
-    dh1 = e.add(two, th)
-    dl1 = e.add(e.add(e.sub(two, dh1), th), tl)
+    # small |x|: tanh = -t/(2+t) with t = expm1(-2a) = (s-1) + s r + s w
+    # carried as an exact hi+lo pair (n is 0, -1 or -2 here, so s-1 and s r
+    # are exact), so the cancellation near 0 costs nothing.
+    th, tl = e.fast2sum(e.sub(s, one), e.mul(s, r))
+    tl = e.fma(s, w, tl)
+    dh1, dl1 = e.fast2sum(two, th)
+    dl1 = e.add(dl1, tl)
 
-    # large |x|: tanh = (1-e)/(1+e), e = exp(-2a) small; both sums are
-    # Fast2Sum with exact error terms.
-    ex = e.fma(s, q, s)
-    nh2 = e.sub(one, ex)
-    nl2 = e.sub(e.sub(one, nh2), ex)
-    dh2 = e.add(one, ex)
-    dl2 = e.add(e.sub(one, dh2), ex)
+    # large |x|: tanh = (1-E)/(1+E), E = exp(-2a) = eh + el <= 0.29, again
+    # with every rounding error carried along.
+    h, l = e.fast2sum(one, r)
+    eh = e.mul(s, h)
+    el = e.mul(s, e.add(l, w))
+    nh2, nl2 = e.fast2sum(one, e.b.fneg(eh))
+    nl2 = e.sub(nl2, el)
+    dh2, dl2 = e.fast2sum(one, eh)
+    dl2 = e.add(dl2, el)
 
     small = e.lt(a, e.c(p.tanh_switch))
     res = e.div_comp(

@@ -125,7 +125,10 @@ def parameter_names(fn: Callable) -> list[str]:
 def annotated_types(fn: Callable) -> list[TensorType] | None:
     """The argument types from `gc.f32[...]` annotations, or None when the function has none."""
     names = parameter_names(fn)
-    hints = getattr(fn, "__annotations__", {})
+    try:  # string annotations (from __future__ import annotations) are evaluated in fn's globals
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:
+        hints = getattr(fn, "__annotations__", {})
     found = [hints.get(n) for n in names]
     if all(isinstance(a, Annotation) for a in found) and names:
         return [a.type for a in found]
