@@ -11,6 +11,8 @@ import numpy as np
 from gradc.ir.graph import Graph
 from gradc.ir.types import ShapeError, TensorType
 
+from gradc.ir.fusion import FusionResult, fuse, unfused
+
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
 
 _init_lock = threading.Lock()
@@ -48,14 +50,17 @@ def optimize_module(module: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:
 class NativeFunction:
     """A graph compiled to native code. Call it with one numpy array per graph input."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, fusion: FusionResult | None = None) -> None:
         _initialize()
         self.graph = graph
+        self.fusion = fusion if fusion is not None else fuse(graph)
         self.input_types: list[TensorType] = [v.type for v in graph.inputs]
         self.input_names = [v.name for v in graph.inputs]
         self.output_types: list[TensorType] = [v.type for v in graph.outputs]
         tm = host_target_machine()
-        builder = ModuleBuilder(graph, tm.triple, str(tm.target_data))
+        builder = ModuleBuilder(graph, self.fusion, tm.triple, str(tm.target_data))
+        self.memory = builder.memory
+        self.kernel_count = len(builder.kernels) + len(builder.output_copies)
         self.symbols = list(builder.symbols)
         self.llvm_ir_unoptimized = str(builder.build())
         module = llvm.parse_assembly(self.llvm_ir_unoptimized)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
@@ -28,12 +29,17 @@ class Lowered:
     timings: dict[str, float] = field(default_factory=dict)
     _native: NativeFunction | None = None
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     @property
     def native(self) -> NativeFunction:
         if self._native is None:
-            start = time.perf_counter()
-            self._native = NativeFunction(self.graphs["optimized"])
-            self.timings["llvm"] = time.perf_counter() - start
+            with self._lock:  # threads calling for the first time at once compile once
+                if self._native is None:
+                    start = time.perf_counter()
+                    native = NativeFunction(self.graphs["optimized"])
+                    self.timings["llvm"] = time.perf_counter() - start
+                    self._native = native
         return self._native
 
     def as_text(self, stage: str = "optimized") -> str:
@@ -59,15 +65,15 @@ class Lowered:
 
 def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
     names = parameter_names(fn)
-    single = isinstance(wrt, (int, str))
+    single = not isinstance(wrt, (tuple, list))
     indices = []
     for w in ([wrt] if single else list(wrt)):
         if isinstance(w, str):
             if w not in names:
                 raise ValueError(f"wrt={w!r} is not a parameter of {fn.__name__}({', '.join(names)})")
             indices.append(names.index(w))
-        elif isinstance(w, int) and not isinstance(w, bool) and -len(names) <= w < len(names):
-            indices.append(w % len(names))
+        elif isinstance(w, (int, np.integer)) and not isinstance(w, bool) and -len(names) <= w < len(names):
+            indices.append(int(w) % len(names))
         else:
             raise ValueError(f"wrt={w!r}: expected a parameter index or name of "
                              f"{fn.__name__}({', '.join(names)})")
@@ -86,6 +92,7 @@ class Compiled:
         self.annotated = annotated_types(fn)
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
+        self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
     def _types_of(self, args: Sequence[Any]) -> list[TensorType]:
@@ -98,6 +105,12 @@ class Compiled:
         key = tuple(types)
         if key in self._cache:
             return self._cache[key]
+        with self._lock:  # one trace per signature, even when threads make the first call together
+            if key not in self._cache:
+                self._cache[key] = self._trace_and_optimize(types)
+            return self._cache[key]
+
+    def _trace_and_optimize(self, types: Sequence[TensorType]) -> tuple[Lowered, Any]:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         traced, structure = trace(self.fn, types)
@@ -105,8 +118,9 @@ class Compiled:
         graphs = {"traced": traced}
         n_out = len(traced.outputs)
         if self.mode != "jit":
-            if self.has_aux and (structure is None or len(structure[1]) != 2):
-                raise GradError(f"has_aux=True: {self.fn.__name__} must return (loss, aux)")
+            if self.has_aux and (structure is None or len(structure[1]) != 2 or structure[1][0] != (1, None)):
+                raise GradError(f"has_aux=True: {self.fn.__name__} must return (loss, aux) with loss "
+                                "a single scalar tensor")
             if not self.has_aux and structure is not None:
                 raise GradError(f"{self.fn.__name__} returns {n_out} values; grad needs a single scalar "
                                 "(use has_aux=True to return (loss, aux))")
@@ -117,9 +131,7 @@ class Compiled:
         start = time.perf_counter()
         graphs["optimized"] = optimize(graphs.get("grad", traced), timings=timings)
         timings["optimize"] = time.perf_counter() - start
-        compiled = (Lowered(graphs, timings), (structure, n_out))
-        self._cache[key] = compiled
-        return compiled
+        return Lowered(graphs, timings), (structure, n_out)
 
     def lower(self, *args: Any) -> Lowered:
         """The compilation for these arguments (or, with annotations, for the annotated types)."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .ir import Builder, Graph, Sym, TensorType
-from .ir.types import DTYPE_NAMES
+from .ir.types import DTYPE_NAMES, ShapeError
 
 import gradc.backends
 
@@ -159,6 +159,9 @@ def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
     sys.setprofile(remember_locals if hasattr(fn, "__code__") else previous)
     try:
         result = fn(*args)
+    except (ShapeError, TypeError) as e:  # TracingError is a TypeError
+        _point_at_user_line(e)
+        raise
     finally:
         sys.setprofile(previous)
     for op in graph.ops:
@@ -167,6 +170,20 @@ def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
     outputs, structure = _flatten(result, fn)
     graph.outputs = [o.value for o in outputs]
     return graph, structure
+
+
+def _point_at_user_line(error: Exception) -> None:
+    """Prefix the message of an error gradc raised while tracing with the user's `file.py:line`."""
+    location, tb, raised_by_gradc = "", error.__traceback__, False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        raised_by_gradc = code.co_filename.startswith(_OWN_DIRS)
+        if not raised_by_gradc:
+            location = f"{os.path.basename(code.co_filename)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    if raised_by_gradc and location and error.args and isinstance(error.args[0], str) and \
+            not error.args[0].startswith(location + ":"):
+        error.args = (f"{location}: {error.args[0]}",) + error.args[1:]
 
 
 def _flatten(result: Any, fn: Callable) -> tuple[list[Sym], Any]:

@@ -36,8 +36,11 @@ class Builder:
             if x.builder is not self:
                 raise TypeError("mixing tensors from different traces")
             return x
+        if isinstance(x, np.ndarray):
+            raise TypeError(f"cannot combine a traced tensor with a numpy array of shape {x.shape}: "
+                            "constant arrays are not captured; pass it to the function as an argument")
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.floating, np.integer)):
-            raise TypeError(f"cannot combine a traced tensor with {type(x).__name__} {x!r}; "
+            raise TypeError(f"cannot combine a traced tensor with {type(x).__name__} {x!r:.80}; "
                             "use a tensor argument or a Python number")
         return self.const(float(x), like.dtype)
 
@@ -122,7 +125,8 @@ class Sym:
 
     def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Sym:
         axes = normalize_axes(axis, self.ndim)
-        return self.sum(axes, keepdims) / self.builder.op("size", self, axes=list(axes))
+        count = self.builder.op("size", dims=[self.shape[a] for a in axes], dtype=self.dtype)
+        return self.sum(axes, keepdims) / count
 
     def broadcast_to(self, shape: tuple, dims: tuple[int, ...] | None = None) -> Sym:
         """Broadcast into `shape`, operand axis i going to output axis dims[i] (numpy-aligned by default)."""

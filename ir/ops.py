@@ -159,18 +159,17 @@ _register(OpDef("const", SOURCE, ("dtype", "value"), _infer_const,
 
 
 def _infer_size(types: list[TensorType], attrs: dict) -> TensorType:
-    _check_arity("size", types, 1)
-    _check_axes("size", types[0], attrs["axes"])
-    return TensorType(types[0].dtype, ())
+    _check_arity("size", types, 0)
+    return TensorType(attrs["dtype"], ())
 
 
-def _size_reference(x: np.ndarray, axes: list[int], dims_env=None) -> np.ndarray:
-    return np.array(np.prod([x.shape[a] for a in axes]), x.dtype)
+def _size_reference(dims: list, dtype: str, dims_env: dict | None = None) -> np.ndarray:
+    return np.array(np.prod(_resolve(dims, dims_env or {})), TensorType(dtype, ()).np_dtype)
 
 
-_register(OpDef("size", SOURCE, ("axes",), _infer_size, _size_reference, lambda g, out, x, axes: (None,),
-                doc="the number of elements over `axes`, as a scalar of x's dtype (symbolic dims "
-                    "make it a run-time value)"))
+_register(OpDef("size", SOURCE, ("dims", "dtype"), _infer_size, _size_reference, None, arity=0,
+                doc="the product of `dims` as a scalar; symbolic dims make it a run-time value "
+                    "(the element count that mean divides by)"))
 
 
 # --- reductions ----------------------------------------------------------------------------------

@@ -92,10 +92,8 @@ class ConstantFolding(Pass):
                 args = [np.array(_const_value(v), v.type.np_dtype) for v in op.operands]
                 with np.errstate(all="ignore"):
                     value = float(op.opdef.reference(*args, **op.attrs))
-            elif op.name == "size":
-                dims = [op.operands[0].type.shape[a] for a in op.attrs["axes"]]
-                if all(isinstance(d, int) for d in dims):
-                    value = float(np.prod(dims))
+            elif op.name == "size" and all(isinstance(d, int) for d in op.attrs["dims"]):
+                value = float(np.prod(op.attrs["dims"]))
             if value is not None:
                 position = graph.ops.index(op)
                 new = graph.add_op("const", [], {"value": value, "dtype": op.result.type.dtype},

@@ -77,8 +77,11 @@ def _parse_type(text: str) -> TensorType:
     m = _TYPE.fullmatch(text.strip())
     if not m:
         raise ParseError(f"bad type {text!r}")
-    dims = [d.strip() for d in m.group(2).split(",") if d.strip()]
-    return TensorType(m.group(1), tuple(int(d) if re.fullmatch(r"\d+", d) else d for d in dims))
+    dims = [d.strip() for d in m.group(2).split(",")] if m.group(2).strip() else []
+    for d in dims:
+        if not re.fullmatch(r"\d+|[A-Za-z_]\w*", d):
+            raise ParseError(f"bad dim {d!r} in type {text.strip()!r}: dims are ints >= 0 or names")
+    return TensorType(m.group(1), tuple(int(d) if d.isdigit() else d for d in dims))
 
 
 def _parse_attr_value(tokens: list[tuple[str, str]], pos: int) -> tuple[Any, int]:
@@ -114,25 +117,48 @@ def _parse_attrs(text: str | None) -> dict[str, Any]:
 
 
 def parse(text: str) -> Graph:
-    """Parse the text form back into a verified graph."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    """Parse the text form back into a verified graph. Errors name the line (1-based) they are on."""
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
     if not lines:
         raise ParseError("empty IR text")
-    header = _HEADER.match(lines[0].strip())
+    header_line, header_text = lines[0]
+    header = _HEADER.match(header_text)
     if not header:
-        raise ParseError(f"line 1: expected 'func @name(%arg: type, ...) -> (types) {{', got {lines[0]!r}")
+        raise ParseError(f"line {header_line}: expected 'func @name(%arg: type, ...) -> (types) {{', "
+                         f"got {header_text!r}")
     graph = Graph(header.group(1))
     env: dict[str, Value] = {}
-    for arg in filter(None, (a.strip() for a in re.split(r",\s*(?=%)", header.group(2)))):
-        name, _, type_text = arg.partition(":")
-        env[name.strip()[1:]] = graph.add_input(name.strip()[1:], _parse_type(type_text))
-    for lineno, line in enumerate(lines[1:], start=2):
-        stripped = line.strip()
-        if stripped == "}":
-            break
+    try:
+        for arg in filter(None, (a.strip() for a in re.split(r",\s*(?=%)", header.group(2)))):
+            name, colon, type_text = arg.partition(":")
+            name = name.strip()
+            if not colon or not re.fullmatch(r"%[\w.]+", name):
+                raise ParseError(f"expected '%name: type', got {arg!r}")
+            if name[1:] in env:
+                raise ParseError(f"argument {name} is defined twice")
+            env[name[1:]] = graph.add_input(name[1:], _parse_type(type_text))
+        result_types = [_parse_type(t) for t in re.split(r"(?<=\]),\s*", header.group(3))] \
+            if header.group(3).strip() else []
+    except ParseError as e:
+        raise ParseError(f"line {header_line}: {e}: {header_text}") from None
+    returned = closed = False
+    for lineno, stripped in lines[1:]:
         try:
-            if stripped.startswith("return"):
+            if closed:
+                raise ParseError("text after the closing '}'")
+            if stripped == "}":
+                if not returned:
+                    raise ParseError("the function has no 'return' line")
+                closed = True
+                continue
+            if returned:
+                raise ParseError("expected '}' after the return line")
+            if stripped == "return" or stripped.startswith("return "):
                 graph.outputs = [env[n.strip()[1:]] for n in stripped[len("return"):].split(",") if n.strip()]
+                returned = True
+                if [v.type for v in graph.outputs] != result_types:
+                    raise ParseError(f"returns {', '.join(str(v.type) for v in graph.outputs) or 'nothing'} "
+                                     f"but the header declares ({header.group(3)})")
                 continue
             m = _OP.match(stripped)
             if not m:
@@ -140,16 +166,20 @@ def parse(text: str) -> Graph:
             name, opname, operand_text, attr_text, type_text, loc = m.groups()
             if opname not in OPS:
                 raise ParseError(f"unknown op {opname!r}")
+            if name in env:
+                raise ParseError(f"%{name} is defined twice")
             operands = [env[o.strip()[1:]] for o in operand_text.split(",") if o.strip()]
             value = graph.add_op(opname, operands, _parse_attrs(attr_text), loc=loc or "", hint=name)
             if value.type != _parse_type(type_text):
                 raise ParseError(f"declared type {type_text} but the shape rule gives {value.type}")
             env[name] = value
         except KeyError as e:
-            raise ParseError(f"line {lineno}: undefined value %{e.args[0]}: {line.strip()}") from None
+            raise ParseError(f"line {lineno}: undefined value %{e.args[0]}: {stripped}") from None
         except ParseError as e:
-            raise ParseError(f"line {lineno}: {e}: {line.strip()}") from None
+            raise ParseError(f"line {lineno}: {e}: {stripped}") from None
         except ValueError as e:
-            raise ParseError(f"line {lineno}: {e}: {line.strip()}") from None
+            raise ParseError(f"line {lineno}: {e}: {stripped}") from None
+    if not closed:
+        raise ParseError(f"line {lines[-1][0]}: missing the closing '}}' of the function: {lines[-1][1]}")
     verify(graph)
     return graph

@@ -1,0 +1,366 @@
+"""LLVM IR for one kernel of fused ops: loop nests whose bodies evaluate each op at an index.
+
+`KernelEmitter.value_at(v, coords)` is the heart: it produces v's element at `coords` (one index per
+axis of v, None for a size-1 axis) by loading it when v lives in memory, by returning the matmul
+accumulator or a reduction's register, or by evaluating v's op on its operands' elements. Values
+computed inside the kernel are therefore never stored unless another kernel or the caller reads
+them. The elementwise formulas come from the op registry (`OpDef.scalar`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from llvmlite import ir
+
+from gradc.ir.fusion import Kernel
+from gradc.ir.graph import Value
+from gradc.ir.ops import ELEMENTWISE, REDUCTION, SOURCE
+from gradc.ir.types import Dim, Shape
+
+from . import mathlib
+
+I64 = ir.IntType(64)
+PTR = ir.PointerType(ir.IntType(8))
+FLOAT_TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
+Coords = Sequence["ir.Value | None"]
+
+
+class ScalarEmitter:
+    """The scalar vocabulary the ops' elementwise formulas are written in, emitted as LLVM IR."""
+
+    def __init__(self, builder: ir.IRBuilder, fty: ir.Type) -> None:
+        self.b, self.fty = builder, fty
+
+    def const(self, x: float) -> ir.Value:
+        return ir.Constant(self.fty, float(x))
+
+    def add(self, a, b): return self.b.fadd(a, b)
+    def sub(self, a, b): return self.b.fsub(a, b)
+    def mul(self, a, b): return self.b.fmul(a, b)
+    def div(self, a, b): return self.b.fdiv(a, b)
+    def neg(self, a): return self.b.fneg(a)
+    def gt(self, a, b): return self.b.fcmp_ordered(">", a, b)
+    def eq(self, a, b): return self.b.fcmp_ordered("==", a, b)
+    def select(self, c, a, b): return self.b.select(c, a, b)
+    def exp(self, x): return mathlib.emit_exp(self.b, x)
+    def log(self, x): return mathlib.emit_log(self.b, x)
+    def tanh(self, x): return mathlib.emit_tanh(self.b, x)
+    def sigmoid(self, x): return mathlib.emit_sigmoid(self.b, x)
+
+    def sqrt(self, x):
+        return self.b.call(self.b.module.declare_intrinsic("llvm.sqrt", [self.fty]), [x])
+
+    def maximum(self, a, b):
+        """numpy.maximum: NaN if either side is NaN."""
+        fn = self.b.module.declare_intrinsic("llvm.maximum", [self.fty],
+                                             ir.FunctionType(self.fty, [self.fty, self.fty]))
+        return self.b.call(fn, [a, b])
+
+
+def read_dim(b: ir.IRBuilder, dims: ir.Value, index: int, name: str) -> ir.Value:
+    ptr = b.gep(dims, [ir.Constant(I64, 8 * index)], inbounds=True)
+    return b.load(b.bitcast(ptr, I64.as_pointer()), name=f"dim.{name}")
+
+
+def product(b: ir.IRBuilder, dims: ir.Value, symbols: dict[str, int], factors: Sequence[Dim]) -> ir.Value:
+    """The product of int and symbolic dims as an i64."""
+    static, value = 1, None
+    for d in factors:
+        if isinstance(d, str):
+            dim = read_dim(b, dims, symbols[d], d)
+            value = dim if value is None else b.mul(value, dim, flags=("nuw", "nsw"))
+        else:
+            static *= d
+    if value is None:
+        return ir.Constant(I64, static)
+    return value if static == 1 else b.mul(value, ir.Constant(I64, static), flags=("nuw", "nsw"))
+
+
+class FunctionBuilder:
+    """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
+
+    def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int]) -> None:
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1))
+        self.fn = ir.Function(module, fnty, name)
+        self.fn.linkage = "internal"
+        for arg, arg_name in zip(self.fn.args, buffer_names + ["dims"]):
+            arg.name = arg_name
+        for arg in self.fn.args[:-1]:
+            arg.add_attribute("noalias")  # every buffer of a kernel is a distinct allocation
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.buffers = list(self.fn.args[:-1])
+        self.symbols = symbols
+        self._sizes: dict[tuple, ir.Value] = {}
+
+    def size(self, factors: Sequence[Dim]) -> ir.Value:
+        """A product of dims, computed once at the top of the function."""
+        key = tuple(sorted(map(str, factors)))
+        if key not in self._sizes:
+            with self.b.goto_block(self.fn.entry_basic_block):
+                self.b.position_at_start(self.fn.entry_basic_block)
+                self._sizes[key] = product(self.b, self.fn.args[-1], self.symbols, factors)
+        return self._sizes[key]
+
+    def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
+        with self.b.goto_entry_block():
+            return self.b.alloca(ty, name=name)
+
+    def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str) -> None:
+        b = self.b
+        start = b.block
+        header = self.fn.append_basic_block(f"{name}.header")
+        inner = self.fn.append_basic_block(f"{name}.body")
+        done = self.fn.append_basic_block(f"{name}.done")
+        b.branch(header)
+        b.position_at_end(header)
+        index = b.phi(I64, name=name)
+        index.add_incoming(ir.Constant(I64, 0), start)
+        b.cbranch(b.icmp_signed("<", index, count), inner, done)
+        b.position_at_end(inner)
+        body(index)
+        index.add_incoming(b.add(index, ir.Constant(I64, 1), flags=("nuw", "nsw")), b.block)
+        b.branch(header)
+        b.position_at_end(done)
+
+    def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str) -> None:
+        """Loops over every index of `extents`, outermost first."""
+        def level(axis: int, indices: list[ir.Value]) -> None:
+            if axis == len(extents):
+                body(indices)
+            else:
+                self.loop(self.size([extents[axis]]), lambda i: level(axis + 1, indices + [i]), f"{name}{axis}")
+        level(0, [])
+
+    def offset(self, coords: Coords, shape: Shape) -> ir.Value:
+        """Row-major offset of `coords` in a contiguous array of `shape`."""
+        total: ir.Value = ir.Constant(I64, 0)
+        for axis, c in enumerate(coords):
+            if c is None:
+                continue
+            term = c if axis == len(shape) - 1 else self.b.mul(c, self.size(shape[axis + 1:]), flags=("nuw", "nsw"))
+            total = term if isinstance(total, ir.Constant) else self.b.add(total, term, flags=("nuw", "nsw"))
+        return total
+
+    def element(self, pointer: ir.Value, offset: ir.Value, fty: ir.Type) -> ir.Value:
+        return self.b.gep(self.b.bitcast(pointer, fty.as_pointer()), [offset], inbounds=True)
+
+    def source_value(self, v: Value) -> ir.Value:
+        """Constants and sizes are computed where they are read, never stored."""
+        op, fty = v.producer, FLOAT_TYPES[v.type.dtype]
+        if op.name == "const":
+            return ir.Constant(fty, op.attrs["value"])
+        return self.b.sitofp(self.size(op.attrs["dims"]), fty)
+
+
+def is_source(v: Value) -> bool:
+    return v.producer is not None and v.producer.opdef.kind == SOURCE
+
+
+class KernelEmitter(FunctionBuilder):
+    """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads."""
+
+    def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
+                 symbols: dict[str, int], scratch: bool) -> None:
+        names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
+        super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}",
+                         names + (["scratch"] if scratch else []), symbols)
+        self.kernel = kernel
+        self.inside = {op.result for op in kernel.ops}
+        self.pointer = dict(zip(writes + reads, self.buffers))
+        self.writes = writes
+        self.scratch = self.buffers[-1] if scratch else None
+        self.registers: dict[Value, ir.Value] = {}
+        self.cache: dict[tuple, ir.Value] = {}
+        self.matmul_value: ir.Value | None = None
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def coords_of(self, v: Value, domain_coords: Coords) -> list:
+        return [None if m is None else domain_coords[m] for m in self.kernel.maps[v]]
+
+    def value_at(self, v: Value, coords: Coords) -> ir.Value:
+        if v in self.registers:
+            return self.registers[v]
+        key = (v, tuple(id(c) for c in coords))
+        if key in self.cache:
+            return self.cache[key]
+        fty = FLOAT_TYPES[v.type.dtype]
+        op = v.producer
+        if is_source(v):
+            result = self.source_value(v)
+        elif v not in self.inside:
+            result = self.b.load(self.element(self.pointer[v], self.offset(coords, v.type.shape), fty))
+        elif op.name == "matmul":
+            result = self.matmul_value
+        elif op.opdef.kind == ELEMENTWISE:
+            args = []
+            for x in op.operands:
+                lead = v.type.rank - x.type.rank
+                args.append(self.value_at(x, [None if x.type.shape[a] == 1 and v.type.shape[a + lead] != 1
+                                              else coords[a + lead] for a in range(x.type.rank)]))
+            result = op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
+        elif op.name == "broadcast":
+            (x,) = op.operands
+            result = self.value_at(x, [None if x.type.shape[i] == 1 and v.type.shape[d] != 1 else coords[d]
+                                       for i, d in enumerate(op.attrs["dims"])])
+        elif op.name == "transpose":
+            perm = op.attrs["perm"]
+            result = self.value_at(op.operands[0], [coords[perm.index(a)] for a in range(len(perm))])
+        elif op.name == "reshape":  # same linear order: read the operand at this element's offset
+            (x,) = op.operands
+            linear = self.offset(coords, v.type.shape)
+            result = self.b.load(self.element(self.pointer[x], linear, fty)) if not is_source(x) \
+                else self.source_value(x)
+        else:
+            raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")
+        self.cache[key] = result
+        return result
+
+    def store(self, v: Value, domain_coords: Coords) -> None:
+        coords = self.coords_of(v, domain_coords)
+        value = self.value_at(v, coords)
+        self.b.store(value, self.element(self.pointer[v], self.offset(coords, v.type.shape),
+                                         FLOAT_TYPES[v.type.dtype]))
+
+    # -- reductions --------------------------------------------------------------------------------
+    def _reductions(self) -> list:
+        return [op for op in self.kernel.ops if op.opdef.kind == REDUCTION]
+
+    def _levels(self) -> dict[Value, int]:
+        """After which reduction pass each value can be computed (0: needs no reduction)."""
+        levels: dict[Value, int] = {}
+        for op in self.kernel.ops:  # ops are in dependence order
+            below = max((levels.get(v, 0) for v in op.operands), default=0)
+            levels[op.result] = below + 1 if op.opdef.kind == REDUCTION else below
+        return levels
+
+    def _accumulators(self, reductions: list) -> dict:
+        accs = {}
+        for r in reductions:
+            fty = FLOAT_TYPES[r.result.type.dtype]
+            accs[r] = self.entry_alloca(fty, "acc")
+            init = 0.0 if r.name == "reduce_sum" else float("-inf")
+            self.b.store(ir.Constant(fty, init), accs[r])
+        return accs
+
+    def _accumulate(self, accs: dict, domain_coords: Coords) -> None:
+        for r, acc in accs.items():
+            x = self.value_at(r.operands[0], domain_coords)
+            current = self.b.load(acc)
+            if r.name == "reduce_sum":  # reassoc lets LLVM vectorize the sum
+                new = self.b.fadd(current, x, flags=("reassoc", "contract"))
+            else:
+                new = ScalarEmitter(self.b, x.type).maximum(current, x)
+            self.b.store(new, acc)
+
+    # -- kernel bodies -----------------------------------------------------------------------------
+    def emit(self) -> ir.Function:
+        if self.kernel.matmul is not None:
+            self._emit_matmul()
+        elif self.kernel.reduced is None:
+            self.nest(self.kernel.domain, self._epilogue, "i")
+        else:
+            self._emit_reduction_loops()
+        self.b.ret_void()
+        return self.fn
+
+    def _epilogue(self, domain_coords: Coords, writes: Sequence[Value] | None = None) -> None:
+        self.cache = {}
+        for v in self.writes if writes is None else writes:
+            self.store(v, domain_coords)
+
+    def _emit_reduction_loops(self) -> None:
+        k = self.kernel
+        kept, reduced = k.kept(), k.reduced
+        levels = self._levels()
+        passes = max(levels[r.result] for r in self._reductions())
+        d_writes = [v for v in self.writes if k.role(v) == "D"]
+        late = [v for v in self.writes if k.role(v) != "D"]
+
+        def outer(kept_index: list[ir.Value]) -> None:
+            self.registers = {}
+            for level in range(1, passes + 2):
+                accs = self._accumulators([r for r in self._reductions() if levels[r.result] == level])
+                stores = [v for v in d_writes if levels[v] == level - 1]
+                if not accs and not stores:
+                    continue
+
+                def inner(reduced_index: list[ir.Value]) -> None:
+                    coords: list = [None] * len(k.domain)
+                    for a, i in zip(kept, kept_index):
+                        coords[a] = i
+                    for a, i in zip(reduced, reduced_index):
+                        coords[a] = i
+                    self.cache = {}
+                    self._accumulate(accs, coords)
+                    self._epilogue(coords, stores)
+                self.nest([k.domain[a] for a in reduced], inner, f"r{level}.")
+                for r, acc in accs.items():
+                    self.registers[r.result] = self.b.load(acc)
+            coords = [None] * len(k.domain)
+            for a, i in zip(kept, kept_index):
+                coords[a] = i
+            self._epilogue(coords, late)
+        self.nest([k.domain[a] for a in kept], outer, "o")
+
+    def _emit_matmul(self) -> None:
+        mm = self.kernel.matmul
+        a, b = mm.operands
+        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
+        m, n = mm.result.type.shape
+        kdim = a.type.shape[0] if ta else a.type.shape[1]
+        fty = FLOAT_TYPES[mm.result.type.dtype]
+        accs = self._accumulators(self._reductions())
+        d_writes = [v for v in self.writes if self.kernel.role(v) == "D"]
+        late = [v for v in self.writes if self.kernel.role(v) != "D"]
+        bld, flags = self.b, ("contract",)
+
+        def a_at(i, kk):
+            return self.value_at(a, (kk, i) if ta else (i, kk))
+
+        def b_at(kk, j):
+            return self.value_at(b, (j, kk) if tb else (kk, j))
+
+        def epilogue(i: ir.Value, j: ir.Value, value: ir.Value) -> None:
+            self.cache = {}
+            self.matmul_value = value
+            self._accumulate(accs, [i, j])
+            self._epilogue([i, j], [v for v in d_writes if not (v is mm.result and self.scratch is None and not tb)])
+
+        if not tb:  # row i of the product accumulates in place: C[i, :] += A(i, k) * B[k, :]
+            row_base = self.scratch if self.scratch is not None else self.pointer[mm.result]
+            N = self.size([n])
+
+            def row(i: ir.Value) -> None:
+                start = bld.mul(i, N, flags=("nuw", "nsw")) if self.scratch is None else ir.Constant(I64, 0)
+                cell = lambda j: self.element(row_base, bld.add(start, j, flags=("nuw", "nsw")), fty)
+                self.loop(N, lambda j: bld.store(ir.Constant(fty, 0.0), cell(j)), "zero")
+
+                def step(kk: ir.Value) -> None:
+                    self.cache = {}
+                    av = a_at(i, kk)
+
+                    def axpy(j: ir.Value) -> None:
+                        self.cache = {}
+                        c = cell(j)
+                        bld.store(bld.fadd(bld.load(c), bld.fmul(av, b_at(kk, j), flags=flags), flags=flags), c)
+                    self.loop(N, axpy, "j")
+                self.loop(self.size([kdim]), step, "k")
+                self.loop(N, lambda j: epilogue(i, j, bld.load(cell(j))), "e")
+            self.loop(self.size([m]), row, "i")
+        else:  # C[i, j] = dot(A(i, :), B[j, :]): both operands are read along k
+            acc = self.entry_alloca(fty, "dot")
+
+            def col(i: ir.Value, j: ir.Value) -> None:
+                bld.store(ir.Constant(fty, 0.0), acc)
+
+                def step(kk: ir.Value) -> None:
+                    self.cache = {}
+                    prod = bld.fmul(a_at(i, kk), b_at(kk, j), flags=flags)
+                    bld.store(bld.fadd(bld.load(acc), prod, flags=("reassoc", "contract")), acc)
+                self.loop(self.size([kdim]), step, "k")
+                epilogue(i, j, bld.load(acc))
+            self.loop(self.size([m]), lambda i: self.loop(self.size([n]), lambda j: col(i, j), "j"), "i")
+        self.cache = {}
+        for r, acc_ptr in accs.items():
+            self.registers[r.result] = bld.load(acc_ptr)
+        self._epilogue([], late)
