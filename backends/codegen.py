@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 from llvmlite import ir
 
-from gradc.ir.fusion import Kernel
+from gradc.ir.fusion import Kernel, is_inline
 from gradc.ir.graph import Value
-from gradc.ir.ops import ELEMENTWISE, REDUCTION, SOURCE
+from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
 from . import mathlib
@@ -144,16 +144,15 @@ class FunctionBuilder:
     def element(self, pointer: ir.Value, offset: ir.Value, fty: ir.Type) -> ir.Value:
         return self.b.gep(self.b.bitcast(pointer, fty.as_pointer()), [offset], inbounds=True)
 
-    def source_value(self, v: Value) -> ir.Value:
-        """Constants and sizes are computed where they are read, never stored."""
+    def inline_value(self, v: Value) -> ir.Value:
+        """Constants, sizes and scalar arithmetic on them are computed where read, never stored."""
         op, fty = v.producer, FLOAT_TYPES[v.type.dtype]
         if op.name == "const":
             return ir.Constant(fty, op.attrs["value"])
-        return self.b.sitofp(self.size(op.attrs["dims"]), fty)
-
-
-def is_source(v: Value) -> bool:
-    return v.producer is not None and v.producer.opdef.kind == SOURCE
+        if op.name == "size":
+            return self.b.sitofp(self.size(op.attrs["dims"]), fty)
+        args = [self.inline_value(x) for x in op.operands]
+        return op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
 
 
 class KernelEmitter(FunctionBuilder):
@@ -185,8 +184,8 @@ class KernelEmitter(FunctionBuilder):
             return self.cache[key]
         fty = FLOAT_TYPES[v.type.dtype]
         op = v.producer
-        if is_source(v):
-            result = self.source_value(v)
+        if is_inline(v) and v not in self.inside:
+            result = self.inline_value(v)
         elif v not in self.inside:
             result = self.b.load(self.element(self.pointer[v], self.offset(coords, v.type.shape), fty))
         elif op.name == "matmul":
@@ -208,8 +207,8 @@ class KernelEmitter(FunctionBuilder):
         elif op.name == "reshape":  # same linear order: read the operand at this element's offset
             (x,) = op.operands
             linear = self.offset(coords, v.type.shape)
-            result = self.b.load(self.element(self.pointer[x], linear, fty)) if not is_source(x) \
-                else self.source_value(x)
+            result = self.inline_value(x) if is_inline(x) else \
+                self.b.load(self.element(self.pointer[x], linear, fty))
         else:
             raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")
         self.cache[key] = result

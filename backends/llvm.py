@@ -18,7 +18,9 @@ from gradc.ir.fusion import FusionResult, Kernel
 from gradc.ir.graph import Graph, Value
 from gradc.ir.types import Dim
 
-from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, is_source, product
+from gradc.ir.fusion import is_inline
+
+from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, product
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
@@ -99,16 +101,9 @@ class ModuleBuilder:
         g = self.graph
         kernel_of = {op.result: k for k in self.kernels for op in k.ops}
         readers: dict[Value, set[Kernel]] = {}
-        self.reads: dict[Kernel, list[Value]] = {}
         for k in self.kernels:
-            inside = {op.result for op in k.ops}
-            ext = [v for op in k.ops for v in op.operands if v not in inside and not is_source(v)]
-            self.reads[k] = list(dict.fromkeys(ext))
-            for v in self.reads[k]:
+            for v in k.reads:
                 readers.setdefault(v, set()).add(k)
-        outputs = set(g.outputs)
-        self.writes = {k: [op.result for op in k.ops if op.result in outputs or op.result in readers]
-                       for k in self.kernels}
         self.location: dict[object, tuple[str, int]] = {v: ("arg", i) for i, v in enumerate(g.inputs)}
         self.output_copies: list[tuple[int, Value]] = []
         for j, v in enumerate(g.outputs):
@@ -120,12 +115,12 @@ class ModuleBuilder:
         lifetimes = []
         self.scratch: dict[Kernel, Buffer] = {}
         for k in self.kernels:
-            for v in self.writes[k]:
+            for v in k.writes:
                 if v not in self.location:
                     last = max((index[r] for r in readers.get(v, ())), default=index[k])
                     lifetimes.append((v, Buffer(v.name, v.type.shape, v.type.np_dtype.itemsize), index[k], last))
             mm = k.matmul
-            if mm is not None and not mm.attrs["transpose_b"] and mm.result not in self.writes[k]:
+            if mm is not None and not mm.attrs["transpose_b"] and mm.result not in k.writes:
                 buf = Buffer(f"{k.name}.row", (mm.result.type.shape[1],), mm.result.type.np_dtype.itemsize)
                 self.scratch[k] = buf
                 lifetimes.append((k, buf, index[k], index[k]))
@@ -136,8 +131,8 @@ class ModuleBuilder:
     def build(self) -> ir.Module:
         calls = []
         for k in self.kernels:
-            emitter = KernelEmitter(self.module, k, self.writes[k], self.reads[k], self.symbols, k in self.scratch)
-            buffers = self.writes[k] + self.reads[k] + ([k] if k in self.scratch else [])
+            emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, k in self.scratch)
+            buffers = k.writes + k.reads + ([k] if k in self.scratch else [])
             calls.append((emitter.emit(), [self.location[v] for v in buffers]))
         for j, v in self.output_copies:
             calls.append(self._output_copy(j, v))
@@ -146,13 +141,13 @@ class ModuleBuilder:
         return self.module
 
     def _output_copy(self, j: int, v: Value) -> tuple[ir.Function, list]:
-        sources = [] if is_source(v) else [v]
+        sources = [] if is_inline(v) else [v]
         f = FunctionBuilder(self.module, f"output{j}.copy", ["out"] + ["in"] * len(sources), self.symbols)
         fty = FLOAT_TYPES[v.type.dtype]
 
         def body(coords: list) -> None:
             offset = f.offset(coords, v.type.shape)
-            value = f.source_value(v) if is_source(v) else f.b.load(f.element(f.buffers[1], offset, fty))
+            value = f.inline_value(v) if is_inline(v) else f.b.load(f.element(f.buffers[1], offset, fty))
             f.b.store(value, f.element(f.buffers[0], offset, fty))
         f.nest(v.type.shape, body, "i")
         f.b.ret_void()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from .backends.jit import NativeFunction
 from .ir import Graph, TensorType
 from .ir.autodiff import GradError
 from .ir.dot import to_dot
+from .ir.fusion import FusionResult, fuse, fused_graph, report, unfused
 from .ir.passes import Autodiff, optimize, run_passes
 from .tracing import annotated_types, array_type, parameter_names, trace, unflatten
 
 Wrt = Union[int, str, Sequence[Union[int, str]]]
-GRAPH_STAGES = ("traced", "grad", "optimized")
+GRAPH_STAGES = ("traced", "grad", "optimized", "fused")
 STAGES = GRAPH_STAGES + ("llvm", "asm")
 
 
@@ -26,6 +28,7 @@ class Lowered:
     """Every stage of one compilation, for inspection. Graph stages print as gradc IR text."""
 
     graphs: dict[str, Graph]
+    fusion: FusionResult
     timings: dict[str, float] = field(default_factory=dict)
     _native: NativeFunction | None = None
 
@@ -37,7 +40,7 @@ class Lowered:
             with self._lock:  # threads calling for the first time at once compile once
                 if self._native is None:
                     start = time.perf_counter()
-                    native = NativeFunction(self.graphs["optimized"])
+                    native = NativeFunction(self.graphs["optimized"], self.fusion)
                     self.timings["llvm"] = time.perf_counter() - start
                     self._native = native
         return self._native
@@ -57,6 +60,10 @@ class Lowered:
         if stage not in self.graphs:
             raise ValueError(f"as_dot takes a graph stage ({', '.join(self.graphs)}), got {stage!r}")
         return to_dot(self.graphs[stage])
+
+    def fusion_report(self) -> str:
+        """Each kernel, the ops it fused and what it stores; each op left out, and why."""
+        return report(self.graphs["optimized"], self.fusion)
 
     @property
     def stages(self) -> list[str]:
@@ -85,8 +92,10 @@ def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
 class Compiled:
     """A function compiled on first call for each signature; later calls reuse the native code."""
 
-    def __init__(self, fn: Callable, mode: str, wrt: Wrt = 0, has_aux: bool = False) -> None:
+    def __init__(self, fn: Callable, mode: str, wrt: Wrt = 0, has_aux: bool = False,
+                 fusion: bool | None = None) -> None:
         self.fn, self.mode, self.has_aux = fn, mode, has_aux
+        self.fusion = fusion if fusion is not None else os.environ.get("GRADC_NO_FUSION", "") in ("", "0")
         self.names = parameter_names(fn)
         self.wrt, self.single = _resolve_wrt(fn, wrt) if mode != "jit" else ([], False)
         self.annotated = annotated_types(fn)
@@ -131,7 +140,11 @@ class Compiled:
         start = time.perf_counter()
         graphs["optimized"] = optimize(graphs.get("grad", traced), timings=timings)
         timings["optimize"] = time.perf_counter() - start
-        return Lowered(graphs, timings), (structure, n_out)
+        start = time.perf_counter()
+        fusion = (fuse if self.fusion else unfused)(graphs["optimized"])
+        graphs["fused"] = fused_graph(graphs["optimized"], fusion)
+        timings["fuse"] = time.perf_counter() - start
+        return Lowered(graphs, fusion, timings), (structure, n_out)
 
     def lower(self, *args: Any) -> Lowered:
         """The compilation for these arguments (or, with annotations, for the annotated types)."""
@@ -163,19 +176,23 @@ class Compiled:
         return (value[0], grads) if self.mode == "value_and_grad" else grads
 
 
-def jit(fn: Callable) -> Compiled:
-    """Compile `fn` (returning a tensor or a tuple/list of tensors) to native code."""
-    return Compiled(fn, "jit")
+def jit(fn: Callable, *, fusion: bool | None = None) -> Compiled:
+    """Compile `fn` (returning a tensor or a tuple/list of tensors) to native code.
+
+    `fusion=False` (or the environment variable GRADC_NO_FUSION=1) runs every op as its own kernel.
+    """
+    return Compiled(fn, "jit", fusion=fusion)
 
 
-def grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False) -> Compiled:
+def grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False, *, fusion: bool | None = None) -> Compiled:
     """The gradient of scalar-valued `fn` with respect to the argument(s) `wrt` (indices or names)."""
-    return Compiled(fn, "grad", wrt, has_aux)
+    return Compiled(fn, "grad", wrt, has_aux, fusion)
 
 
-def value_and_grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False) -> Compiled:
+def value_and_grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False, *,
+                   fusion: bool | None = None) -> Compiled:
     """Like `grad`, but returns (value, grads), or ((value, aux), grads) with has_aux."""
-    return Compiled(fn, "value_and_grad", wrt, has_aux)
+    return Compiled(fn, "value_and_grad", wrt, has_aux, fusion)
 
 
 def make_ir(fn: Callable) -> Callable[..., Graph]:

@@ -28,6 +28,16 @@ from .types import Shape
 Map = tuple[Optional[int], ...]
 
 
+def is_inline(v: Value) -> bool:
+    """Constants, sizes and scalar arithmetic on them: computed wherever read, in no kernel."""
+    op = v.producer
+    if op is None:
+        return False
+    if op.opdef.kind == SOURCE:
+        return True
+    return op.opdef.kind == ELEMENTWISE and v.type.shape == () and all(is_inline(x) for x in op.operands)
+
+
 @dataclass(eq=False)
 class Kernel:
     """A group of ops the backend runs as one loop nest."""
@@ -38,6 +48,12 @@ class Kernel:
     """Domain axes the kernel's reductions run over (None: no reduction)."""
     maps: dict[Value, Map] = field(default_factory=dict)
     name: str = ""
+    label: str = ""
+    """How the kernel prints (its kind when it was formed)."""
+    reads: list[Value] = field(default_factory=list)
+    """Values the kernel loads from memory: graph inputs and other kernels' stores."""
+    writes: list[Value] = field(default_factory=list)
+    """Values the kernel stores: graph outputs and values other kernels read. Nothing else is."""
 
     @property
     def matmul(self) -> Op | None:
@@ -108,9 +124,9 @@ class _Fuser:
 
     def run(self) -> FusionResult:
         for op in reversed(self.graph.ops):
-            if op.opdef.kind == SOURCE:
+            if is_inline(op.result):
                 continue
-            readers = [u for u in self.users.get(op.result, []) if u.opdef.kind != SOURCE]
+            readers = [u for u in self.users.get(op.result, []) if not is_inline(u.result)]
             reason = self._try_join(op, readers) if readers else None
             if reason is not None or not readers:
                 if reason is not None:
@@ -245,8 +261,45 @@ class _Fuser:
                     flow.add_edge(self.kernel_of[v.producer], k)
         ordered = list(nx.lexicographical_topological_sort(flow, key=lambda k: position[k.ops[0]]))
         for i, k in enumerate(ordered):
-            k.name = f"k{i}"
+            k.name, k.label = f"k{i}", k.kind
+        set_reads_and_writes(self.graph, ordered)
         return ordered
+
+
+def set_reads_and_writes(graph: Graph, kernels: list[Kernel]) -> None:
+    read_elsewhere: set[Value] = set()
+    for k in kernels:
+        inside = {op.result for op in k.ops}
+        k.reads = list(dict.fromkeys(v for op in k.ops for v in op.operands
+                                     if v not in inside and not is_inline(v)))
+        read_elsewhere.update(k.reads)
+    outputs = set(graph.outputs)
+    for k in kernels:
+        k.writes = [op.result for op in k.ops if op.result in outputs or op.result in read_elsewhere]
+
+
+def fused_graph(graph: Graph, result: FusionResult) -> Graph:
+    """`graph` with its ops in kernel order (inline values first), carrying the kernels."""
+    inline = [op for op in graph.ops if is_inline(op.result)]
+    return Graph(graph.name, list(graph.inputs), inline + [op for k in result.kernels for op in k.ops],
+                 list(graph.outputs), result.kernels)
+
+
+def report(graph: Graph, result: FusionResult) -> str:
+    """Every kernel with the ops it holds and what it stores; every op left out, with the reason."""
+    from .text import value_names
+    names = value_names(fused_graph(graph, result))
+    lines = [f"{len(result.kernels)} kernels"]
+    for k in result.kernels:
+        held = ", ".join(f"%{names[op.result]}={op.name}" for op in k.ops)
+        stores = ", ".join(f"%{names[v]}" for v in k.writes)
+        domain = ",".join(map(str, k.domain))
+        lines.append(f"  {k.name} [{k.label}] over [{domain}]: {held}; stores {stores}")
+    if result.reasons:
+        lines.append("left out of their readers' kernels:")
+        for op, why in result.reasons.items():
+            lines.append(f"  %{names[op.result]}={op.name}: {why}")
+    return "\n".join(lines) + "\n"
 
 
 def fuse(graph: Graph) -> FusionResult:
@@ -258,6 +311,6 @@ def unfused(graph: Graph) -> FusionResult:
     """One kernel per op: the same backend path with fusion switched off."""
     fuser = _Fuser(graph)
     for op in graph.ops:
-        if op.opdef.kind != SOURCE:
+        if not is_inline(op.result):
             fuser._new_kernel(op)
     return FusionResult(fuser._ordered_kernels(), {})

@@ -45,6 +45,8 @@ class Graph:
     inputs: list[Value] = field(default_factory=list)
     ops: list[Op] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
+    kernels: list | None = None
+    """After fusion: the kernels (gradc.ir.fusion.Kernel) partitioning the non-inline ops."""
 
     def add_input(self, name: str, type: TensorType) -> Value:
         value = Value(type, name)
@@ -125,6 +127,7 @@ def verify(graph: Graph) -> None:
     names = [v.name for v in graph.inputs]
     if len(set(names)) != len(names) or not all(names):
         raise VerificationError(f"graph inputs need unique, non-empty names; got {names}")
+    symbols = {d for v in graph.inputs for d in v.type.symbols}
     for op in graph.ops:
         if op.name not in OPS:
             raise VerificationError(f"unknown op {op.name!r}")
@@ -138,6 +141,10 @@ def verify(graph: Graph) -> None:
         expected = OPS[op.name].infer([v.type for v in op.operands], op.attrs)
         if expected != op.result.type:
             raise VerificationError(f"{op.name}: result type {op.result.type}, shape rule says {expected}")
+        used = set(op.result.type.symbols).union(*(d for d in op.attrs.values() if isinstance(d, list)))
+        if not {d for d in used if isinstance(d, str)} <= symbols:
+            raise VerificationError(f"{op.name}: uses a symbolic dim that no input binds "
+                                    f"({sorted(d for d in used if isinstance(d, str) and d not in symbols)})")
         defined.add(op.result)
     for v in graph.outputs:
         if v not in defined:

@@ -51,25 +51,42 @@ def print_graph(graph: Graph) -> str:
     args = ", ".join(f"%{names[v]}: {v.type}" for v in graph.inputs)
     outs = ", ".join(str(v.type) for v in graph.outputs)
     lines = [f"func @{graph.name}({args}) -> ({outs}) {{"]
+    kernel_of = {op: k for k in graph.kernels or () for op in k.ops}
+    current = None
     for op in graph.ops:
-        operands = ", ".join(f"%{names[v]}" for v in op.operands)
-        attrs = ", ".join(f"{k}={_format_attr(op.attrs[k])}" for k in sorted(op.attrs))
-        line = f"  %{names[op.result]} = {op.name}({operands})"
-        if attrs:
-            line += f" {{{attrs}}}"
-        line += f" : {op.result.type}"
-        if op.loc:
-            line += f"  # {op.loc}"
-        lines.append(line)
+        kernel = kernel_of.get(op)
+        if kernel is not current:
+            if current is not None:
+                lines.append("  }")
+            if kernel is not None:
+                stores = ", ".join(f"%{names[v]}" for v in kernel.writes)
+                lines.append(f"  kernel @{kernel.name} {kernel.label} stores({stores}) {{")
+            current = kernel
+        lines.append(("  " if kernel else "") + _format_op(op, names))
+    if current is not None:
+        lines.append("  }")
     lines.append("  return " + ", ".join(f"%{names[v]}" for v in graph.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _format_op(op, names: dict[Value, str]) -> str:
+    operands = ", ".join(f"%{names[v]}" for v in op.operands)
+    attrs = ", ".join(f"{k}={_format_attr(op.attrs[k])}" for k in sorted(op.attrs))
+    line = f"  %{names[op.result]} = {op.name}({operands})"
+    if attrs:
+        line += f" {{{attrs}}}"
+    line += f" : {op.result.type}"
+    if op.loc:
+        line += f"  # {op.loc}"
+    return line
 
 
 _TOKEN = re.compile(r"\s*(?:(?P<float>-?(?:\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan))(?![\w.])"
                     r"|(?P<int>-?\d+)|(?P<word>[A-Za-z_][\w.]*)|(?P<punct>[\[\],]))")
 _TYPE = re.compile(r"(f32|f64)\[([^\]]*)\]")
 _HEADER = re.compile(r"func @([\w.]+)\((.*)\) -> \((.*)\) \{$")
+_KERNEL = re.compile(r"kernel @(\w+) (\S+) stores\(([^)]*)\) \{$")
 _OP = re.compile(r"%([\w.]+) = (\w+)\(([^)]*)\)(?: \{(.*)\})? : (\S+)(?:  # (.*))?$")
 
 
@@ -142,10 +159,20 @@ def parse(text: str) -> Graph:
     except ParseError as e:
         raise ParseError(f"line {header_line}: {e}: {header_text}") from None
     returned = closed = False
+    kernels: list = []
     for lineno, stripped in lines[1:]:
         try:
             if closed:
                 raise ParseError("text after the closing '}'")
+            kernel_header = _KERNEL.match(stripped)
+            if kernel_header:
+                if kernels and kernels[-1][3] is None:
+                    raise ParseError("kernel blocks do not nest")
+                kernels.append([kernel_header.group(1), kernel_header.group(2), [], None])
+                continue
+            if stripped == "}" and kernels and kernels[-1][3] is None:
+                kernels[-1][3] = lineno
+                continue
             if stripped == "}":
                 if not returned:
                     raise ParseError("the function has no 'return' line")
@@ -173,6 +200,8 @@ def parse(text: str) -> Graph:
             if value.type != _parse_type(type_text):
                 raise ParseError(f"declared type {type_text} but the shape rule gives {value.type}")
             env[name] = value
+            if kernels and kernels[-1][3] is None:
+                kernels[-1][2].append(value.producer)
         except KeyError as e:
             raise ParseError(f"line {lineno}: undefined value %{e.args[0]}: {stripped}") from None
         except ParseError as e:
@@ -182,4 +211,8 @@ def parse(text: str) -> Graph:
     if not closed:
         raise ParseError(f"line {lines[-1][0]}: missing the closing '}}' of the function: {lines[-1][1]}")
     verify(graph)
+    if kernels:
+        from .fusion import Kernel, set_reads_and_writes
+        graph.kernels = [Kernel(ops, (), name=name, label=label) for name, label, ops, _ in kernels]
+        set_reads_and_writes(graph, graph.kernels)
     return graph

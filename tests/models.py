@@ -174,3 +174,100 @@ def finite_difference(f, args, index, eps=1e-6):
         minus[index][i] -= eps
         grad[i] = (f(*plus) - f(*minus)) / (2 * eps)
     return grad
+
+
+# --- random graphs for property tests ---------------------------------------------------------------
+
+def random_graphs(smooth: bool = False, dtypes=("f32", "f64"), max_ops: int = 12, symbolic: bool = True):
+    """A hypothesis strategy of random valid graphs: DAGs of elementwise, matmul, transpose, reduce,
+    reshape and broadcast ops over 1-3 inputs with small (partly size-1, partly symbolic "B") dims.
+    Values stay bounded:
+    exp, log, sqrt, pow and div read squashed operands. `smooth` leaves out the ops whose derivative
+    jumps (relu, maximum, max, comparisons) and stop_gradient, for finite-difference checks."""
+    from hypothesis import strategies as st
+
+    from gradc.ir import Builder, Graph, TensorType
+    from gradc.ir.types import ShapeError, broadcast_shapes
+
+    kinds = ["unary", "unary", "binary", "binary", "const_binary", "matmul", "matmul", "transpose",
+             "reduce", "reshape", "broadcast"]
+    unary = ["neg", "tanh", "sigmoid", "exp", "log", "sqrt", "pow"] + \
+        ([] if smooth else ["relu", "stop_gradient"])
+    binary = ["add", "sub", "mul", "div"] + ([] if smooth else ["maximum", "gt", "eq"])
+
+    @st.composite
+    def build(draw):
+        dtype = draw(st.sampled_from(dtypes))
+        dim = st.sampled_from([1, 2, 3, 4] + (["B"] if symbolic else []))
+        graph = Graph("random")
+        b = Builder(graph)
+        pool = []
+        for i in range(draw(st.integers(1, 3))):
+            shape = tuple(draw(st.lists(dim, min_size=draw(st.sampled_from([0, 1, 2, 2])), max_size=2)))
+            pool.append(b.wrap(graph.add_input(f"in{i}", TensorType(dtype, shape))))
+        for _ in range(draw(st.integers(min(4, max_ops), max_ops))):
+            x = draw(st.sampled_from(pool))
+            kind = draw(st.sampled_from(kinds))
+            y = None
+            if kind == "unary":
+                name = draw(st.sampled_from(unary))
+                if name == "exp":
+                    y = b.op("exp", b.op("tanh", x))
+                elif name in ("log", "sqrt"):
+                    y = b.op(name, b.op("sigmoid", x))
+                elif name == "pow":
+                    y = b.op("tanh", x) ** draw(st.sampled_from([1.0, 2.0, 3.0, 0.0]))
+                else:
+                    y = b.op(name, x)
+            elif kind in ("binary", "const_binary"):
+                name = draw(st.sampled_from(binary))
+                if kind == "const_binary":
+                    other = b.const(draw(st.sampled_from([0.0, 1.0, 2.0, -0.5])), dtype)
+                else:
+                    ok = [p for p in pool if _broadcasts(broadcast_shapes, ShapeError, x.shape, p.shape)]
+                    other = draw(st.sampled_from(ok))
+                if name == "div":
+                    other = b.op("exp", b.op("tanh", other))
+                y = b.op(name, x, other) if draw(st.booleans()) or kind == "const_binary" \
+                    else b.op(name, other, x)
+            elif kind == "matmul" and x.ndim == 2:
+                # x @ p, x @ p.T, x.T @ p: whichever contractions the pool allows
+                options = [(p, ta, tb) for p in pool if p.ndim == 2 for ta in (False, True)
+                           for tb in (False, True) if x.shape[0 if ta else 1] == p.shape[1 if tb else 0]]
+                if options:
+                    p, ta, tb = draw(st.sampled_from(options))
+                    y = (x.T if ta else x) @ (p.T if tb else p)
+            elif kind == "transpose" and x.ndim == 2:
+                y = x.T
+            elif kind == "reduce" and x.ndim >= 1:
+                axes = tuple(draw(st.lists(st.sampled_from(range(x.ndim)), min_size=1, unique=True)))
+                keepdims = draw(st.booleans())
+                method = draw(st.sampled_from(["sum", "mean"] if smooth else ["sum", "mean", "max"]))
+                y = getattr(x, method)(axes, keepdims)
+            elif kind == "reshape" and all(isinstance(d, int) for d in x.shape):
+                size = int(np.prod(x.shape))
+                y = x.reshape(draw(st.sampled_from([(size,), (1, size), (size, 1)])))
+            elif kind == "broadcast" and x.ndim <= 1:
+                y = x.broadcast_to((draw(st.sampled_from([1, 2, 3])),) + tuple(x.shape))
+            if y is not None:
+                pool.append(y)
+        outputs = [pool[-1]] + draw(st.lists(st.sampled_from(pool), max_size=2))
+        graph.outputs = [o.value for o in outputs]
+        return graph
+
+    return build()
+
+
+def _broadcasts(broadcast_shapes, error, a, b):
+    try:
+        broadcast_shapes(a, b)
+        return True
+    except error:
+        return False
+
+
+def random_inputs(graph, seed=0, B=3):
+    """Normal random arrays for the graph's inputs, with the symbolic dim B bound to `B`."""
+    r = np.random.default_rng(seed)
+    return [r.standard_normal(tuple(B if d == "B" else d for d in v.type.shape)).astype(v.type.np_dtype)
+            for v in graph.inputs]

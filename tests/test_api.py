@@ -285,9 +285,11 @@ def test_adjoint_ops_carry_the_forward_line_and_vjp():
 
 def test_lower_every_stage_as_text():
     lowered = gc.value_and_grad(models.seed_loss, wrt=("U", "V")).lower(*seed_args(np.float32))
-    assert lowered.stages == ["traced", "grad", "optimized", "llvm", "asm"]
+    required = ["traced", "grad", "optimized", "llvm", "asm"]
+    assert [s for s in lowered.stages if s in required] == required
+    assert lowered.stages[-2:] == ["llvm", "asm"] and list(lowered.graphs) == lowered.stages[:-2]
     texts = {s: lowered.as_text(s) for s in lowered.stages}
-    for stage in ("traced", "grad", "optimized"):
+    for stage in lowered.graphs:  # traced, grad, optimized and any later graph stage
         assert texts[stage].startswith("func @seed_loss(") and texts[stage].endswith("}\n")
         assert str(gc.ir.parse(texts[stage])) == texts[stage]
     assert "transpose(" in texts["traced"] and "vjp(" not in texts["traced"]
@@ -304,7 +306,7 @@ def test_lower_every_stage_as_text():
 
 def test_jit_has_no_grad_stage():
     lowered = gc.jit(named_model).lower(rand(2, 3), rand(3, 4))
-    assert list(lowered.graphs) == ["traced", "optimized"]
+    assert list(lowered.graphs)[:2] == ["traced", "optimized"] and "grad" not in lowered.graphs
     with pytest.raises(ValueError, match="unknown stage 'grad'"):
         lowered.as_text("grad")
 

@@ -605,3 +605,49 @@ def test_symbolic_dims_reuse_one_native_function():
         np.testing.assert_allclose(out[2], ref.mean(0), rtol=1e-12)
     with pytest.raises(ValueError):
         native(np.zeros((3, 5)), vv)  # the static dim is checked
+
+
+# --- gradients at ties and kinks: the conventions the rules document, with hand-derived values ----
+
+
+def _interpreted_and_compiled_gradients(build, shapes, args, dtype="f64"):
+    graph = Graph("ties")
+    b = Builder(graph)
+    xs = [b.wrap(graph.add_input(f"x{i}", TensorType(dtype, s))) for i, s in enumerate(shapes)]
+    graph.outputs = [build(b, *xs).value]
+    grad = append_adjoint(graph, list(range(len(shapes))))
+    interpreted = interpret(grad, *args)[1:]
+    compiled_ = NativeFunction(optimize(grad))(*args)[1:]
+    return interpreted, compiled_
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_reduce_max_ties_share_the_gradient(dtype):
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [-1.0, 5.0, 0.0, 5.0]], NP_DTYPES[dtype])
+    w = np.array([1.0, 2.0, -4.0], NP_DTYPES[dtype])
+    expected = np.array([[0, 0.5, 0.5, 0], [0.5, 0.5, 0.5, 0.5], [0, -2, 0, -2]], NP_DTYPES[dtype])
+    for keep in (False, True):
+        def build(b, x, w, keep=keep):
+            m = b.op("reduce_max", x, axes=[1], keepdims=keep)
+            return (m * (w.reshape(3, 1) if keep else w)).sum()
+        interpreted, compiled_ = _interpreted_and_compiled_gradients(build, [(3, 4), (3,)], [x, w], dtype)
+        np.testing.assert_array_equal(interpreted[0], expected)
+        np.testing.assert_array_equal(compiled_[0], expected)
+    # over every axis: the 4 copies of the maximum 5 each get a quarter
+    y = np.array([[5.0, 1.0], [5.0, 5.0], [0.0, 5.0]], NP_DTYPES[dtype])
+    for grads in _interpreted_and_compiled_gradients(lambda b, y: b.op("reduce_max", y, axes=[0, 1], keepdims=False),
+                                                     [(3, 2)], [y], dtype):
+        np.testing.assert_array_equal(grads[0], np.array([[0.25, 0], [0.25, 0.25], [0, 0.25]], NP_DTYPES[dtype]))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_maximum_tie_sends_the_gradient_to_b_and_relu_kink_gives_zero(dtype):
+    a = np.array([1.0, 2.0, -3.0, 0.0], NP_DTYPES[dtype])
+    bb = np.array([1.0, 1.0, -3.0, 0.5], NP_DTYPES[dtype])
+    for da, db in _interpreted_and_compiled_gradients(lambda b, x, y: b.op("maximum", x, y).sum(),
+                                                      [(4,), (4,)], [a, bb], dtype):
+        np.testing.assert_array_equal(da, np.array([0, 1, 0, 0], NP_DTYPES[dtype]))
+        np.testing.assert_array_equal(db, np.array([1, 0, 1, 1], NP_DTYPES[dtype]))
+    x = np.array([0.0, -0.0, 1.0, -1.0], NP_DTYPES[dtype])
+    for (dx,) in _interpreted_and_compiled_gradients(lambda b, x: b.op("relu", x).sum(), [(4,)], [x], dtype):
+        np.testing.assert_array_equal(dx, np.array([0, 0, 1, 0], NP_DTYPES[dtype]))

@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gradc as gc
 import models
@@ -253,3 +255,28 @@ def test_native_rejects_what_the_interpreter_rejects():
         lowered.native(x, W, v[:5])
     with pytest.raises(gc.ShapeError, match=r"argument 'v'"):
         gc.ir.interpret(lowered.graphs["optimized"], x, W, v[:5])
+
+
+# --- random graphs: native code == the interpreter --------------------------------------------------------
+
+@settings(max_examples=20, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(models.random_graphs(), st.sampled_from([1, 3, 0]))
+def test_random_graphs_native_matches_interpreter(graph, batch):
+    from gradc.backends.jit import NativeFunction
+    from gradc.ir.passes import optimize
+
+    args = models.random_inputs(graph, B=batch)
+    try:
+        expected = gc.ir.interpret(graph, *args)
+    except ValueError:  # numpy has no answer (the max of nothing): only ask for no crash
+        assert batch == 0
+        NativeFunction(graph)(*args)
+        return
+    for g in (graph, optimize(graph)):
+        got = NativeFunction(g)(*args)
+        assert len(got) == len(expected)
+        for a, e in zip(got, expected):
+            assert a.shape == e.shape and a.dtype == e.dtype
+            tol = dict(rtol=1e-5, atol=1e-6) if a.dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(a, e, **tol)

@@ -35,9 +35,20 @@ def test_print_parse_print_round_trip(name, lowered, stage):
 
 
 @pytest.mark.parametrize("name, lowered", LOWERED, ids=[name for name, _ in LOWERED])
+def test_later_graph_stages_round_trip(name, lowered):
+    """Any graph stage after "optimized" (e.g. one that groups ops into kernels) prints and parses too."""
+    for stage in list(lowered.graphs)[3:]:
+        text = lowered.as_text(stage)
+        assert str(parse(text)) == text
+        args = models.example_inputs(name)
+        for a, b in zip(interpret(parse(text), *args), interpret(lowered.graphs["optimized"], *args)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name, lowered", LOWERED, ids=[name for name, _ in LOWERED])
 def test_printing_is_deterministic(name, lowered):
     again = dict(models.lowered_models())[name]
-    for stage in ("traced", "grad", "optimized"):
+    for stage in lowered.graphs:
         assert again.as_text(stage) == lowered.as_text(stage)
 
 
