@@ -15,7 +15,7 @@ from llvmlite import ir
 from gradc.ir.fusion import Kernel, is_inline
 from gradc.ir.graph import Value
 from gradc.ir.ops import ELEMENTWISE, REDUCTION
-from gradc.ir.types import Dim, Shape
+from gradc.ir.types import Dim, Shape, squeeze_pairs
 
 from . import mathlib
 
@@ -151,6 +151,8 @@ class FunctionBuilder:
             return ir.Constant(fty, op.attrs["value"])
         if op.name == "size":
             return self.b.sitofp(self.size(op.attrs["dims"]), fty)
+        if op.name == "broadcast":
+            return self.inline_value(op.operands[0])
         args = [self.inline_value(x) for x in op.operands]
         return op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
 
@@ -204,11 +206,15 @@ class KernelEmitter(FunctionBuilder):
         elif op.name == "transpose":
             perm = op.attrs["perm"]
             result = self.value_at(op.operands[0], [coords[perm.index(a)] for a in range(len(perm))])
-        elif op.name == "reshape":  # same linear order: read the operand at this element's offset
+        elif op.name == "reshape":
             (x,) = op.operands
-            linear = self.offset(coords, v.type.shape)
-            result = self.inline_value(x) if is_inline(x) else \
-                self.b.load(self.element(self.pointer[x], linear, fty))
+            pairs = squeeze_pairs(x.type.shape, v.type.shape)
+            if pairs is not None:  # only size-1 axes come or go: an index map
+                result = self.value_at(x, [coords[pairs[a]] if a in pairs else None for a in range(x.type.rank)])
+            else:  # same linear order: read the operand at this element's offset
+                linear = self.offset(coords, v.type.shape)
+                result = self.inline_value(x) if is_inline(x) else \
+                    self.b.load(self.element(self.pointer[x], linear, fty))
         else:
             raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")
         self.cache[key] = result
@@ -271,7 +277,7 @@ class KernelEmitter(FunctionBuilder):
         k = self.kernel
         kept, reduced = k.kept(), k.reduced
         levels = self._levels()
-        passes = max(levels[r.result] for r in self._reductions())
+        passes = max((levels[r.result] for r in self._reductions()), default=0)
         d_writes = [v for v in self.writes if k.role(v) == "D"]
         late = [v for v in self.writes if k.role(v) != "D"]
 

@@ -109,7 +109,7 @@ class NativeFunction:
                         raise ShapeError(f"argument {name!r}: expected shape {t} with {d}={dims[i]} "
                                          f"(from an earlier argument), got {list(a.shape)}")
             if not (a.flags.c_contiguous and a.flags.aligned):
-                a = np.ascontiguousarray(a)  # never read a strided or misaligned buffer wrongly
+                a = np.array(a, order="C")  # a copy: never read a strided or misaligned buffer wrongly
             arrays.append(a)
         return arrays, dims
 

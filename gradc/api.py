@@ -16,7 +16,7 @@ from .ir.autodiff import GradError
 from .ir.dot import to_dot
 from .ir.fusion import FusionResult, fuse, fused_graph, report, unfused
 from .ir.passes import Autodiff, optimize, run_passes
-from .tracing import annotated_types, array_type, parameter_names, trace, unflatten
+from .tracing import annotated_types, array_type, function_name, parameter_names, trace, unflatten
 
 Wrt = Union[int, str, Sequence[Union[int, str]]]
 GRAPH_STAGES = ("traced", "grad", "optimized", "fused")
@@ -77,13 +77,13 @@ def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
     for w in ([wrt] if single else list(wrt)):
         if isinstance(w, str):
             if w not in names:
-                raise ValueError(f"wrt={w!r} is not a parameter of {fn.__name__}({', '.join(names)})")
+                raise ValueError(f"wrt={w!r} is not a parameter of {function_name(fn)}({', '.join(names)})")
             indices.append(names.index(w))
         elif isinstance(w, (int, np.integer)) and not isinstance(w, bool) and -len(names) <= w < len(names):
             indices.append(int(w) % len(names))
         else:
             raise ValueError(f"wrt={w!r}: expected a parameter index or name of "
-                             f"{fn.__name__}({', '.join(names)})")
+                             f"{function_name(fn)}({', '.join(names)})")
     if not indices:
         raise ValueError("wrt names no argument")
     return indices, single
@@ -106,7 +106,7 @@ class Compiled:
 
     def _types_of(self, args: Sequence[Any]) -> list[TensorType]:
         if len(args) != len(self.names):
-            raise TypeError(f"{self.fn.__name__} takes {len(self.names)} arguments "
+            raise TypeError(f"{function_name(self.fn)} takes {len(self.names)} arguments "
                             f"({', '.join(self.names)}), got {len(args)}")
         return [array_type(np.asarray(a), n) for a, n in zip(args, self.names)]
 
@@ -128,10 +128,10 @@ class Compiled:
         n_out = len(traced.outputs)
         if self.mode != "jit":
             if self.has_aux and (structure is None or len(structure[1]) != 2 or structure[1][0] != (1, None)):
-                raise GradError(f"has_aux=True: {self.fn.__name__} must return (loss, aux) with loss "
+                raise GradError(f"has_aux=True: {function_name(self.fn)} must return (loss, aux) with loss "
                                 "a single scalar tensor")
             if not self.has_aux and structure is not None:
-                raise GradError(f"{self.fn.__name__} returns {n_out} values; grad needs a single scalar "
+                raise GradError(f"{function_name(self.fn)} returns {n_out} values; grad needs a single scalar "
                                 "(use has_aux=True to return (loss, aux))")
             for i in self.wrt:
                 if traced.inputs[i].type.dtype not in ("f32", "f64"):
@@ -201,6 +201,6 @@ def make_ir(fn: Callable) -> Callable[..., Graph]:
         types = annotated_types(fn) if not args else [array_type(np.asarray(a), n)
                                                       for a, n in zip(args, parameter_names(fn))]
         if types is None:
-            raise TypeError(f"make_ir({fn.__name__}) needs example arrays or gc.f32[...] annotations")
+            raise TypeError(f"make_ir({function_name(fn)}) needs example arrays or gc.f32[...] annotations")
         return trace(fn, types)[0]
     return build

@@ -659,8 +659,9 @@ def explain(lowered: Any, wrt: Sequence[str] | None = None, stage: str | None = 
     cuts: dict[Value, Leaf] = {}
     for op in graph.ops:
         v, base = op.result, op.result.name[1:]
-        if v not in primal and v.name.startswith("d") and base in named and \
-                named[base].type == v.type and v not in cuts:
+        # (the cotangent of the loss itself is the seed 1, not worth an equation)
+        if v not in primal and v.name.startswith("d") and base in named and named[base] is not loss \
+                and named[base].type == v.type and v not in cuts:
             cuts[v] = Leaf("L" if named[base] is loss else base, v.type.shape, "adjoint")
     gradient_of = {g: name for g, name in zip(grads, wrt)}
 

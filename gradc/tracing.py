@@ -88,6 +88,10 @@ class _DTypeAnnotator:
 
     def __getitem__(self, dims: Any) -> Annotation:
         dims = dims if isinstance(dims, tuple) else (dims,)
+        for d in dims:
+            if isinstance(d, str) and not d.isidentifier():
+                raise ShapeError(f"gc.{self.dtype}[{', '.join(map(repr, dims))}]: a symbolic dim is a "
+                                 f"name like 'B', got {d!r}")
         return Annotation(TensorType(self.dtype, tuple(dims)))
 
     def __repr__(self) -> str:
@@ -113,11 +117,18 @@ def array_type(array: np.ndarray, name: str) -> TensorType:
     return TensorType(DTYPE_NAMES[array.dtype], tuple(array.shape))
 
 
+def function_name(fn: Callable) -> str:
+    """fn's name for messages and the graph: its __name__, or (partials, callable objects) the
+    wrapped function's or the type's."""
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None) or \
+        type(fn).__name__
+
+
 def parameter_names(fn: Callable) -> list[str]:
     params = list(inspect.signature(fn).parameters.values())
     for p in params:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            raise TypeError(f"{fn.__name__}: gradc traces positional tensor parameters only; "
+            raise TypeError(f"{function_name(fn)}: gradc traces positional tensor parameters only; "
                             f"parameter {p.name!r} is {p.kind.description}")
     return [p.name for p in params]
 
@@ -134,7 +145,7 @@ def annotated_types(fn: Callable) -> list[TensorType] | None:
         return [a.type for a in found]
     if any(isinstance(a, Annotation) for a in found):
         missing = [n for n, a in zip(names, found) if not isinstance(a, Annotation)]
-        raise TypeError(f"{fn.__name__}: annotate every parameter with gc.f32[...]/gc.f64[...] or "
+        raise TypeError(f"{function_name(fn)}: annotate every parameter with gc.f32[...]/gc.f64[...] or "
                         f"none; missing: {', '.join(missing)}")
     return None
 
@@ -143,8 +154,8 @@ def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
     """Trace `fn` on tracers of `types`. Returns the graph and the structure of what fn returned."""
     names = parameter_names(fn)
     if len(names) != len(types):
-        raise TypeError(f"{fn.__name__} takes {len(names)} arguments, got {len(types)}")
-    graph = Graph(getattr(fn, "__name__", "fn").replace("<", "").replace(">", "") or "fn")
+        raise TypeError(f"{function_name(fn)} takes {len(names)} arguments, got {len(types)}")
+    graph = Graph(function_name(fn).replace("<", "").replace(">", "") or "fn")
     builder = Builder(graph, user_location, Tracer)
     args = [builder.wrap(graph.add_input(n, t)) for n, t in zip(names, types)]
     local_names: dict[int, str] = {}
@@ -196,7 +207,7 @@ def _flatten(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
             flat += sub
             spec.append((len(sub), s))
         return flat, (type(result), spec)
-    raise TypeError(f"{fn.__name__} must return a traced tensor or a tuple/list of them, "
+    raise TypeError(f"{function_name(fn)} must return a traced tensor or a tuple/list of them, "
                     f"got {type(result).__name__}")
 
 

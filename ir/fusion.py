@@ -23,18 +23,20 @@ import networkx as nx
 
 from .graph import Graph, Op, Value
 from .ops import ELEMENTWISE, LAYOUT, MATMUL, REDUCTION, SOURCE
-from .types import Shape
+from .types import Shape, squeeze_pairs
 
 Map = tuple[Optional[int], ...]
 
 
 def is_inline(v: Value) -> bool:
-    """Constants, sizes and scalar arithmetic on them: computed wherever read, in no kernel."""
+    """Constants, sizes, scalar arithmetic on them and their broadcasts: computed where read."""
     op = v.producer
     if op is None:
         return False
     if op.opdef.kind == SOURCE:
         return True
+    if op.name == "broadcast":  # the same scalar at every index
+        return is_inline(op.operands[0])
     return op.opdef.kind == ELEMENTWISE and v.type.shape == () and all(is_inline(x) for x in op.operands)
 
 
@@ -108,11 +110,20 @@ def _operand_map(user: Op, user_map: Map, operand_index: int, kernel: Kernel) ->
             else:
                 result.append(next(kept))
         return tuple(result)
+    if user.name == "reshape" and squeeze_pairs(x.shape, out.shape) is not None:
+        pairs = squeeze_pairs(x.shape, out.shape)
+        return tuple(user_map[pairs[a]] if a in pairs else None for a in range(x.rank))
     if kind == MATMUL:
         return "it is a matmul operand, which the matmul reads from memory (no prologue fusion)"
     if user.name == "transpose":
         return "it is read transposed"
     return f"it is read by {user.name}, which needs it in memory"
+
+
+def _is_index_map(op: Op) -> bool:
+    """Layout ops that read each element at a computed index: broadcasts and size-1 reshapes."""
+    return op.name == "broadcast" or (
+        op.name == "reshape" and squeeze_pairs(op.operands[0].type.shape, op.result.type.shape) is not None)
 
 
 class _Fuser:
@@ -151,10 +162,10 @@ class _Fuser:
     def _try_join(self, op: Op, readers: list[Op]) -> str | None:
         kernels = list(dict.fromkeys(self.kernel_of[u] for u in readers))
         kind = op.opdef.kind
-        if kind not in (ELEMENTWISE, REDUCTION, MATMUL) and op.name != "broadcast":
+        if kind not in (ELEMENTWISE, REDUCTION, MATMUL) and not _is_index_map(op):
             return f"{op.name} runs as its own kernel"
         for u in readers:
-            if u.opdef.kind not in (ELEMENTWISE, REDUCTION) and u.name != "broadcast":
+            if u.opdef.kind not in (ELEMENTWISE, REDUCTION) and not _is_index_map(u):
                 return _operand_map(u, (), u.operands.index(op.result), kernels[0])
         if kind == REDUCTION:
             kernels = [self._lifted(k, op) for k in kernels]
@@ -193,15 +204,17 @@ class _Fuser:
         return None
 
     def _lifted(self, kernel: Kernel, op: Op) -> Kernel | None:
-        """`kernel` seen over the reduction's input domain: its ops become post-reduction work."""
+        """`kernel` seen over the reduction's input domain: its ops become per-row work after it."""
         x = op.operands[0].type
         if kernel.domain == x.shape:
             return kernel
-        if kernel.reduced is not None or kernel.matmul or kernel.domain != op.result.type.shape:
+        pairs = squeeze_pairs(kernel.domain, op.result.type.shape)
+        if kernel.reduced is not None or kernel.matmul or pairs is None:
             return None
         axes = op.attrs["axes"]
         kept = [a for a in range(x.rank) if a not in axes]
-        remap = {a: a for a in range(x.rank)} if op.attrs["keepdims"] else dict(enumerate(kept))
+        to_input = (lambda r: r) if op.attrs["keepdims"] else kept.__getitem__
+        remap = {a: to_input(pairs[a]) if a in pairs else None for a in range(len(kernel.domain))}
         maps = {v: tuple(None if a is None else remap[a] for a in m) for v, m in kernel.maps.items()}
         return Kernel(list(kernel.ops), x.shape, tuple(axes), maps)
 
@@ -217,6 +230,11 @@ class _Fuser:
         if axes == list(range(len(kernel.domain))):
             return None
         if kernel.reduced is not None and axes == list(kernel.kept()) and op.opdef.kind == ELEMENTWISE:
+            return None
+        if kernel.reduced is None and kernel.matmul is None and axes == list(range(len(axes))) \
+                and op.opdef.kind == ELEMENTWISE:
+            # per-row work (a softmax's log of the row sum): split the domain into rows and columns
+            kernel.reduced = tuple(range(len(axes), len(kernel.domain)))
             return None
         return "it is smaller than the kernel's domain and would be recomputed at every point"
 

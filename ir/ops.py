@@ -132,7 +132,8 @@ _elementwise("sigmoid", 1, _stable_sigmoid, lambda e, x: e.sigmoid(x),
              lambda g, out, x: (g * out * (1.0 - out),), doc="1 / (1 + exp(-x)), overflow-free")
 _elementwise("relu", 1, lambda x: np.maximum(x, x.dtype.type(0)),
              lambda e, x: e.maximum(x, e.const(0.0)),
-             lambda g, out, x: (g * x.builder.op("gt", x, x.builder.const(0.0, x.dtype)),),
+             # reads the output (out > 0 exactly where x > 0), so x need not be kept for the backward pass
+             lambda g, out, x: (g * out.builder.op("gt", out, out.builder.const(0.0, out.dtype)),),
              doc="max(x, 0)")
 _elementwise("pow", 1, lambda x, exponent: np.power(x, x.dtype.type(exponent)), _pow_scalar,
              lambda g, out, x, exponent: (g * exponent * x ** (exponent - 1.0),),

@@ -83,7 +83,7 @@ def _format_op(op, names: dict[Value, str]) -> str:
 
 
 _TOKEN = re.compile(r"\s*(?:(?P<float>-?(?:\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan))(?![\w.])"
-                    r"|(?P<int>-?\d+)|(?P<word>[A-Za-z_][\w.]*)|(?P<punct>[\[\],]))")
+                    r"|(?P<int>-?\d+)|(?P<word>[^\W\d][\w.]*)|(?P<punct>[\[\],]))")
 _TYPE = re.compile(r"(f32|f64)\[([^\]]*)\]")
 _HEADER = re.compile(r"func @([\w.]+)\((.*)\) -> \((.*)\) \{$")
 _KERNEL = re.compile(r"kernel @(\w+) (\S+) stores\(([^)]*)\) \{$")
@@ -96,9 +96,21 @@ def _parse_type(text: str) -> TensorType:
         raise ParseError(f"bad type {text!r}")
     dims = [d.strip() for d in m.group(2).split(",")] if m.group(2).strip() else []
     for d in dims:
-        if not re.fullmatch(r"\d+|[A-Za-z_]\w*", d):
+        if not (re.fullmatch(r"[0-9]+", d) or d.isidentifier()):
             raise ParseError(f"bad dim {d!r} in type {text.strip()!r}: dims are ints >= 0 or names")
-    return TensorType(m.group(1), tuple(int(d) if d.isdigit() else d for d in dims))
+    return TensorType(m.group(1), tuple(int(d) if re.fullmatch(r"[0-9]+", d) else d for d in dims))
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """The tokens of one attribute value, then an ("end", "") token; any other character is an error."""
+    tokens, pos, text = [], 0, text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ParseError(f"unexpected {text[pos:]!r} in attribute")
+        tokens.append((m.lastgroup, m.group(m.lastgroup)))
+        pos = m.end()
+    return tokens + [("end", "")]
 
 
 def _parse_attr_value(tokens: list[tuple[str, str]], pos: int) -> tuple[Any, int]:
@@ -106,10 +118,12 @@ def _parse_attr_value(tokens: list[tuple[str, str]], pos: int) -> tuple[Any, int
     if text == "[":
         items, pos = [], pos + 1
         while tokens[pos][1] != "]":
+            if items:
+                if tokens[pos][1] != ",":
+                    raise ParseError(f"expected ',' or ']' in a list attribute, got {tokens[pos][1] or 'the end'!r}")
+                pos += 1
             item, pos = _parse_attr_value(tokens, pos)
             items.append(item)
-            if tokens[pos][1] == ",":
-                pos += 1
         return items, pos + 1
     if kind == "float":
         return float(text), pos + 1
@@ -117,19 +131,27 @@ def _parse_attr_value(tokens: list[tuple[str, str]], pos: int) -> tuple[Any, int
         return int(text), pos + 1
     if kind == "word":
         return {"true": True, "false": False}.get(text, text), pos + 1
-    raise ParseError(f"unexpected {text!r} in attribute")
+    raise ParseError(f"unexpected {text or 'end'!r} in attribute")
+
+
+_ATTR = re.compile(r"\s*(\w+)=(\[[^\]]*\]|[^,\[\]]+?)\s*(?:,|$)")
 
 
 def _parse_attrs(text: str | None) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
-    if not text:
-        return attrs
-    for part in re.finditer(r"(\w+)=((?:\[[^\]]*\])|[^,]+)", text):
-        tokens = [(m.lastgroup, m.group(m.lastgroup)) for m in _TOKEN.finditer(part.group(2))]
+    pos, text = 0, (text or "").strip()
+    while pos < len(text):
+        part = _ATTR.match(text, pos)
+        if not part:
+            raise ParseError(f"expected 'name=value' in attributes, got {text[pos:]!r}")
+        tokens = _tokens(part.group(2))
         value, end = _parse_attr_value(tokens, 0)
-        if end != len(tokens):
-            raise ParseError(f"trailing text in attribute {part.group(0)!r}")
+        if end != len(tokens) - 1:
+            raise ParseError(f"trailing text in attribute {part.group(0).strip()!r}")
+        if part.group(1) in attrs:
+            raise ParseError(f"attribute {part.group(1)} is given twice")
         attrs[part.group(1)] = value
+        pos = part.end()
     return attrs
 
 

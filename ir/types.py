@@ -94,3 +94,12 @@ def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, rank: int) ->
     if len(set(out)) != len(out):
         raise ShapeError(f"repeated axis in {tuple(axes)}")
     return tuple(sorted(out))
+
+
+def squeeze_pairs(src: Shape, dst: Shape) -> dict[int, int] | None:
+    """For a reshape that only adds or drops size-1 axes: src axis -> dst axis for the other axes."""
+    src_axes = [a for a, d in enumerate(src) if d != 1]
+    dst_axes = [a for a, d in enumerate(dst) if d != 1]
+    if [src[a] for a in src_axes] != [dst[a] for a in dst_axes]:
+        return None
+    return dict(zip(src_axes, dst_axes))

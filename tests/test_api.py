@@ -86,6 +86,13 @@ def test_grad_other_single_wrt(abc, wrt):
     np.testing.assert_allclose(gc.grad(poly, wrt=wrt)(a, b, c), a * a)
 
 
+def test_grad_numpy_integer_wrt(abc):
+    a, b, c = abc
+    np.testing.assert_allclose(gc.grad(poly, wrt=np.int64(1))(a, b, c), a * a)
+    ga, gc_ = gc.grad(poly, wrt=np.arange(3)[[0, 2]].tolist())(a, b, c)
+    np.testing.assert_allclose(gc_, np.full(3, 3.0))
+
+
 def test_grad_default_wrt_is_first_argument(abc):
     a, b, c = abc
     np.testing.assert_allclose(gc.grad(poly)(a, b, c), 2 * a * b)
@@ -512,3 +519,40 @@ def test_errors_leave_the_compiled_function_usable():
     with pytest.raises(gc.ShapeError):
         fn(rand(3))
     np.testing.assert_allclose(fn(np.ones((2, 3))), [3.0, 3.0])
+
+
+def test_partials_and_callable_objects():
+    import functools
+
+    def scaled(scale, W, x):
+        return gc.sum((x @ W) * scale)
+
+    class Model:
+        def __call__(self, W, x):
+            return gc.sum(x @ W)
+
+    W, x = rand(3, 2), rand(4, 3)
+    step = gc.grad(functools.partial(scaled, 2.0))
+    np.testing.assert_allclose(step(W, x), 2.0 * x.T @ np.ones((4, 2)))
+    assert gc.make_ir(functools.partial(scaled, 2.0))(W, x).name == "scaled"
+    np.testing.assert_allclose(gc.grad(Model(), wrt="x")(W, x), np.ones((4, 2)) @ W.T)
+    with pytest.raises(TypeError, match=r"scaled takes 2 arguments \(W, x\), got 1"):
+        step(W)
+    with pytest.raises(TypeError, match=r"Model takes 2 arguments \(W, x\), got 3"):
+        gc.jit(Model())(W, x, x)
+    with pytest.raises(ValueError, match=r"wrt='q' is not a parameter of Model\(W, x\)"):
+        gc.grad(Model(), wrt="q")
+    with pytest.raises(TypeError, match=r"numpy array of shape \(3, 2\)"):
+        gc.jit(functools.partial(scaled, W))(W, x)  # an array bound by a partial is a constant
+
+
+@pytest.mark.parametrize("dim", ["batch size", "3", "", "B-1"])
+def test_annotation_symbols_must_be_names(dim):
+    with pytest.raises(gc.ShapeError, match=rf"a symbolic dim is a name like 'B', got {re.escape(repr(dim))}"):
+        gc.f32[dim, 3]
+
+
+@pytest.mark.parametrize("dim", [-1, 2.5, None, True])
+def test_annotation_dims_must_be_ints_or_names(dim):
+    with pytest.raises(gc.ShapeError, match="bad dim"):
+        gc.f64[3, dim]

@@ -71,6 +71,12 @@ def test_misaligned_and_readonly_inputs():
     fn = gc.jit(lambda a: gc.sum(a * a, axis=0))
     np.testing.assert_array_equal(fn(misaligned), fn(x))
     np.testing.assert_array_equal(fn(readonly), fn(x))
+    # what native code is handed is an aligned C-contiguous buffer (a copy), never the misaligned one
+    native = fn.lower(x).native
+    (passed,), _ = native._check([misaligned])
+    assert passed.flags.aligned and passed.flags.c_contiguous and not np.shares_memory(passed, misaligned)
+    (passed,), _ = native._check([x])
+    assert passed is x  # a well-formed array is not copied
 
 
 def test_python_lists_and_scalars_are_accepted():
@@ -149,7 +155,13 @@ def test_outputs_are_owned_contiguous_arrays():
 # --- threads and determinism ----------------------------------------------------------------------------
 
 def test_four_threads_call_one_compiled_function():
-    step = gc.value_and_grad(models.seed_loss, wrt=("U", "V"))
+    traces = []
+
+    def seed_loss(U, V, x, y):
+        traces.append(threading.get_ident())
+        return models.seed_loss(U, V, x, y)
+
+    step = gc.value_and_grad(seed_loss, wrt=("U", "V"))
     inputs = [seed_args(np.float64, batch=8 + i % 3, seed=i) for i in range(32)]
     barrier = threading.Barrier(4)
 
@@ -166,6 +178,7 @@ def test_four_threads_call_one_compiled_function():
         np.testing.assert_allclose(dU, dU_ref, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(dV, dV_ref, rtol=1e-10, atol=1e-14)
     assert len(step._cache) == 3  # one compilation per batch size, however many threads raced
+    assert len(traces) == 3
 
 
 def test_threads_with_symbolic_dims():

@@ -146,6 +146,14 @@ def test_good_text_parses():
      r"trailing text in attribute"),
     (GOOD.replace("%b = tanh(%a) : f32[2,3]", "%b = transpose(%a) {perm=[0,0]} : f32[2,3]"), 3,
      r"not a permutation"),
+    (GOOD.replace("%b = tanh(%a) : f32[2,3]", "%b = pow(%a) {exponent=2.0, junk} : f32[2,3]"), 3,
+     r"expected 'name=value'"),
+    (GOOD.replace("%b = tanh(%a) : f32[2,3]", "%b = pow(%a) {exponent=2.0, exponent=3.0} : f32[2,3]"), 3,
+     r"attribute exponent is given twice"),
+    (GOOD.replace("%b = tanh(%a) : f32[2,3]", "%b = reduce_sum(%a) {axes=[0 1], keepdims=false} : f32[]"), 3,
+     r"expected ',' or '\]' in a list attribute"),
+    (GOOD.replace("%b = tanh(%a) : f32[2,3]", "%b = reduce_sum(%a) {axes=[0;1], keepdims=false} : f32[]"), 3,
+     r"unexpected ';1\]' in attribute"),
     (GOOD.replace("return %b", "return %c"), 4, r"undefined value %c"),
     (GOOD.replace("-> (f32[2,3])", "-> (f32[3,3])"), 4, r"header declares"),
     (GOOD.replace("-> (f32[2,3])", "-> (f32[2,3], f32[])"), 4, r"header declares"),
@@ -204,9 +212,12 @@ def run_command(path: pathlib.Path, text: str) -> str:
 
 def filecheck(checks: list[tuple[str, str]], output: str) -> None:
     """CHECK: in order; CHECK-SAME: later on the line of the previous match; CHECK-NOT: not between the
-    previous match and the next CHECK (or the end)."""
+    previous match and the next CHECK (or the end); IMPLICIT-CHECK-NOT: nowhere in the output."""
     pos, line_end, forbidden = 0, 0, []
     for kind, pattern in checks + [("END", "")]:
+        if kind == "IMPLICIT-CHECK-NOT":
+            assert pattern not in output, f"IMPLICIT-CHECK-NOT: {pattern!r} found in:\n{output}"
+            continue
         if kind == "CHECK-NOT":
             forbidden.append(pattern)
             continue
@@ -224,7 +235,7 @@ def filecheck(checks: list[tuple[str, str]], output: str) -> None:
 
 
 def read_checks(text: str) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^# (CHECK(?:-NOT|-SAME)?): (.*)$", text, re.M)]
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^# ((?:IMPLICIT-)?CHECK(?:-NOT|-SAME)?): (.*)$", text, re.M)]
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.gir")), ids=lambda p: p.stem)
@@ -245,6 +256,7 @@ def test_there_are_golden_files():
     ([("CHECK", "a"), ("CHECK-NOT", "x")], "a b x"),
     ([("CHECK", "a"), ("CHECK-SAME", "b")], "a\nb"),
     ([("CHECK", "zzz")], "a b"),
+    ([("CHECK", "b"), ("IMPLICIT-CHECK-NOT", "a")], "a b"),
 ])
 def test_filecheck_itself_fails_when_it_should(checks, output):
     with pytest.raises(AssertionError):
@@ -254,3 +266,15 @@ def test_filecheck_itself_fails_when_it_should(checks, output):
 def test_filecheck_passes_when_it_should():
     filecheck([("CHECK-NOT", "q"), ("CHECK", "a"), ("CHECK-SAME", "c"), ("CHECK-NOT", "x"), ("CHECK", "b")],
               "a c\nb x")
+
+
+def test_unicode_names_round_trip():
+    def unicode_model(x: gc.f64["β", 3], w: gc.f64[3]):
+        α = gc.tanh(x @ w)
+        return gc.sum(α * α)
+
+    lowered = gc.value_and_grad(unicode_model, wrt=(0, 1)).lower()
+    for stage in lowered.graphs:
+        text = lowered.as_text(stage)
+        assert str(parse(text)) == text
+    assert "%α = tanh(" in lowered.as_text("traced") and "f64[β,3]" in lowered.as_text("traced")

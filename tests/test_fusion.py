@@ -1,0 +1,271 @@
+"""Fusion: each pattern's fused native code equals the interpreter, and the kernels formed are the intended ones."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import gradc as gc
+from gradc.backends.jit import NativeFunction
+from gradc.ir import OPS, interpret
+from gradc.ir.fusion import fuse, unfused
+from gradc.ir.ops import ELEMENTWISE
+
+RNG = np.random.default_rng(7)
+TOLERANCE = {"f32": dict(rtol=2e-5, atol=2e-6), "f64": dict(rtol=1e-12, atol=1e-13)}
+DTYPES = {"f32": np.float32, "f64": np.float64}
+
+
+def arrays(dtype: str, *shapes: tuple, positive: bool = False) -> list[np.ndarray]:
+    out = []
+    for s in shapes:
+        a = RNG.standard_normal(s)
+        out.append((np.abs(a) + 0.5 if positive else a).astype(DTYPES[dtype]))
+    return out
+
+
+def lowered_for(fn, args, wrt=None):
+    compiled = gc.jit(fn) if wrt is None else gc.value_and_grad(fn, wrt=wrt)
+    return compiled.lower(*args)
+
+
+def check_against_interpreter(fn, args, dtype: str, wrt=None):
+    """Fused native results equal the interpreter's on the optimized graph; returns the fusion result."""
+    lowered = lowered_for(fn, args, wrt)
+    graph = lowered.graphs["optimized"]
+    expected = interpret(graph, *args)
+    native = lowered.native(*args)
+    for e, got in zip(expected, native):
+        np.testing.assert_allclose(got, e, **TOLERANCE[dtype])
+    return lowered
+
+
+def kernel_ops(lowered) -> list[list[str]]:
+    return [[op.name for op in k.ops] for k in lowered.fusion.kernels]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("activation", [gc.sigmoid, gc.tanh, gc.relu])
+def test_matmul_bias_activation_is_one_kernel(dtype, activation):
+    def layer(W, b, x):
+        return activation(x @ W.T + b)
+    lowered = check_against_interpreter(layer, arrays(dtype, (6, 5), (6,), (4, 5)), dtype)
+    assert kernel_ops(lowered) == [["matmul", "add", activation.__name__]]
+
+
+ELEMENTWISE_OPS = sorted(name for name, d in OPS.items() if d.kind == ELEMENTWISE)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
+def test_every_elementwise_op_fuses_into_a_matmul_epilogue(dtype, name):
+    """Every registered elementwise op, applied to a matmul's output, runs in the matmul's kernel."""
+    attrs = {"exponent": 1.5} if name == "pow" else {}
+    arity = OPS[name].arity
+
+    def model(a, b, c):
+        out = a @ b
+        positive = out * out + 0.25  # keeps log, sqrt and pow in their domain
+        operands = [positive, c][:arity]
+        return positive.builder.op(name, *operands, **attrs)
+    lowered = check_against_interpreter(model, arrays(dtype, (5, 4), (4, 6), (5, 6)), dtype)
+    assert len(lowered.fusion.kernels) == 1, lowered.fusion_report()
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("fn", [gc.softmax, gc.log_softmax, lambda z: gc.logsumexp(z, axis=1)])
+def test_softmax_family_is_one_multi_pass_kernel(dtype, fn):
+    lowered = check_against_interpreter(lambda z: fn(z) * 1.0, arrays(dtype, (7, 9)), dtype)
+    (kernel,) = lowered.fusion.kernels
+    assert kernel.reduced == (1,) and "reduce_max" in [op.name for op in kernel.ops]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_cross_entropy_loss_and_gradient(dtype):
+    def loss(W, x, t):
+        return gc.softmax_cross_entropy(x @ W.T, t)
+    W, x = arrays(dtype, (4, 6), (8, 6))
+    t = np.eye(4, dtype=DTYPES[dtype])[RNG.integers(0, 4, 8)]
+    lowered = check_against_interpreter(loss, [W, x, t], dtype, wrt="W")
+    assert lowered.fusion.kernels[0].matmul is not None
+    assert len(lowered.fusion.kernels) <= 4, lowered.fusion_report()
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("axis,keepdims", [(0, False), (1, False), (None, False), (1, True), (0, True)])
+def test_reductions_fuse_with_their_elementwise_producers_and_consumers(dtype, axis, keepdims):
+    def model(x, y):
+        s = gc.sum(gc.exp(x) * y, axis=axis, keepdims=keepdims)
+        return gc.log(s * s + 1.0)
+    lowered = check_against_interpreter(model, arrays(dtype, (5, 8), (5, 8)), dtype)
+    assert len(lowered.fusion.kernels) == 1, lowered.fusion_report()
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_transposed_operands_are_read_in_place(dtype, ta, tb):
+    def model(a, b):
+        return gc.tanh((a.T if ta else a) @ (b.T if tb else b)) * 2.0
+    a = arrays(dtype, (4, 3) if ta else (3, 4))[0]
+    b = arrays(dtype, (5, 4) if tb else (4, 5))[0]
+    lowered = check_against_interpreter(model, [a, b], dtype)
+    assert "= transpose(" not in lowered.as_text("fused")
+    assert kernel_ops(lowered) == [["matmul", "tanh", "mul"]]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_one_dimensional_operands(dtype):
+    def single(U, V, x):
+        return V @ gc.sigmoid(U @ x)
+    check_against_interpreter(single, arrays(dtype, (6, 5), (3, 6), (5,)), dtype)
+
+
+def seed_loss(U, V, x, y):
+    f = x @ U.T
+    g = gc.sigmoid(f)
+    h = g @ V.T
+    return gc.mean((h - y) ** 2)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_seed_step_forms_the_five_kernels(dtype):
+    args = arrays(dtype, (8, 5), (3, 8), (4, 5), (4, 3))
+    lowered = check_against_interpreter(seed_loss, args, dtype, wrt=("U", "V"))
+    kernels = lowered.fusion.kernels
+    stored = {v.name for k in kernels for v in k.writes} - {"dU", "dV", ""}
+    assert len(kernels) == 5, lowered.fusion_report()
+    assert stored == {"g", "dh", "df"}, stored  # never f, h, h − y, dg or a transpose
+    backward = next(k for k in kernels if "dg" in {op.result.name for op in k.ops})
+    assert [op.name for op in backward.ops] == ["matmul", "mul", "sub", "mul"]  # σ′ in the epilogue
+    loss_kernel = next(k for k in kernels if "h" in {op.result.name for op in k.ops})
+    assert {"reduce_sum", "sub", "pow"} <= {op.name for op in loss_kernel.ops}
+
+
+def test_symbolic_batch_fused_step_serves_every_batch_size():
+    def loss(U: gc.f32[8, 5], V: gc.f32[3, 8], x: gc.f32["B", 5], y: gc.f32["B", 3]):
+        return seed_loss(U, V, x, y)
+    step = gc.value_and_grad(loss, wrt=("U", "V"))
+    lowered = step.lower()
+    for batch in (1, 4, 33):
+        args = arrays("f32", (8, 5), (3, 8), (batch, 5), (batch, 3))
+        expected = interpret(lowered.graphs["optimized"], *args)
+        (value, grads) = step(*args)
+        for e, got in zip(expected, [value, *grads]):
+            np.testing.assert_allclose(got, e, **TOLERANCE["f32"])
+    assert len(step._cache) == 1
+
+
+def test_fusion_switch_gives_the_same_results_with_more_kernels(monkeypatch):
+    args = arrays("f64", (8, 5), (3, 8), (4, 5), (4, 3))
+    fused = gc.value_and_grad(seed_loss, wrt=("U", "V"))
+    plain = gc.value_and_grad(seed_loss, wrt=("U", "V"), fusion=False)
+    monkeypatch.setenv("GRADC_NO_FUSION", "1")
+    from_env = gc.value_and_grad(seed_loss, wrt=("U", "V"))
+    results = [f(*args) for f in (fused, plain, from_env)]
+    for other in results[1:]:
+        np.testing.assert_allclose(other[0], results[0][0], rtol=1e-12)
+        for a, b in zip(other[1], results[0][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+    counts = [len(f.lower(*args).fusion.kernels) for f in (fused, plain, from_env)]
+    assert counts[0] == 5 and counts[1] == counts[2] > 10
+
+
+def test_memory_plan_reuses_workspace_and_matches_native_size():
+    def loss(U: gc.f32[16, 12], V: gc.f32[4, 16], x: gc.f32["B", 12], y: gc.f32["B", 4]):
+        return seed_loss(U, V, x, y)
+    graph = gc.value_and_grad(loss, wrt=("U", "V")).lower().graphs["optimized"]
+    plain = NativeFunction(graph, unfused(graph))
+    fused = NativeFunction(graph, fuse(graph))
+    dims = np.array([64], np.int64)
+    for native in (plain, fused):  # Python's plan and the native workspace function agree
+        assert native.memory.nbytes({"B": 64}) == native._workspace_size(dims.ctypes.data)
+    assert plain.memory.nbytes({"B": 64}) < plain.memory.unshared_nbytes({"B": 64})
+    assert fused.memory.nbytes({"B": 64}) < plain.memory.nbytes({"B": 64})
+
+
+def test_fusion_report_names_every_kernel_and_every_op_left_out():
+    args = arrays("f32", (8, 5), (3, 8), (4, 5), (4, 3))
+    text = gc.value_and_grad(seed_loss, wrt=("U", "V")).lower(*args).fusion_report()
+    assert text.startswith("5 kernels")
+    assert len(re.findall(r"^  k\d \[", text, re.M)) == 5
+    assert re.search(r"%g=sigmoid: it is a matmul operand", text)
+
+
+GOLDEN_SEED = """
+CHECK: kernel @k0 matmul stores(%g) {
+CHECK-NEXT: %f = matmul(%x, %U) {transpose_a=false, transpose_b=true}
+CHECK-NEXT: %g = sigmoid(%f)
+CHECK: kernel @k1 matmul+reduce stores(
+CHECK-NEXT: %h = matmul(%g, %V) {transpose_a=false, transpose_b=true}
+CHECK: reduce_sum(
+CHECK: %dh = mul(
+CHECK: kernel @k2 matmul stores(%df) {
+CHECK-NEXT: %dg = matmul(%dh, %V) {transpose_a=false, transpose_b=false}
+CHECK: %df = mul(
+CHECK: kernel @k3 matmul stores(%dV) {
+CHECK-NEXT: %dV = matmul(%dh, %g) {transpose_a=true, transpose_b=false}
+CHECK: kernel @k4 matmul stores(%dU) {
+CHECK-NEXT: %dU = matmul(%df, %x) {transpose_a=true, transpose_b=false}
+CHECK-NOT: kernel
+"""
+
+GOLDEN_MLP = """
+CHECK: kernel @k0 matmul stores(%a1) {
+CHECK-NEXT: matmul(%x, %W1) {transpose_a=false, transpose_b=true}
+CHECK-NEXT: add(
+CHECK-NEXT: %a1 = tanh(
+CHECK: kernel @k1 matmul stores(%a2) {
+CHECK-NEXT: matmul(%a1, %W2) {transpose_a=false, transpose_b=true}
+CHECK-NEXT: add(
+CHECK-NEXT: %a2 = relu(
+CHECK: kernel @k3 loop+reduce stores(
+CHECK: reduce_max(
+CHECK: exp(
+CHECK: reduce_sum(
+CHECK: log(
+CHECK: %dz = add(
+CHECK: matmul stores(
+CHECK-NEXT: %da2 = matmul(%dz, %W3) {transpose_a=false, transpose_b=false}
+CHECK-NEXT: gt(%a2,
+CHECK: %dW3 = matmul(%dz, %a2) {transpose_a=true, transpose_b=false}
+CHECK: matmul stores(
+CHECK-NEXT: %da1 = matmul(
+CHECK-NEXT: mul(%a1, %a1)
+CHECK: %dW1 = matmul(
+"""
+
+
+def filecheck(text: str, checks: str) -> None:
+    """The lines of `checks` (CHECK:, CHECK-NEXT:, CHECK-NOT:) must match `text` in order."""
+    lines = text.splitlines()
+    pos = 0
+    for directive in filter(None, (c.strip() for c in checks.strip().splitlines())):
+        kind, pattern = directive.split(":", 1)
+        pattern = pattern.strip()
+        if kind == "CHECK-NOT":
+            assert not any(pattern in ln for ln in lines[pos:]), f"found {pattern!r} after line {pos}"
+        elif kind == "CHECK-NEXT":
+            assert pattern in lines[pos], f"expected {pattern!r} on line {pos + 1}, got {lines[pos]!r}"
+            pos += 1
+        else:
+            found = next((i for i in range(pos, len(lines)) if pattern in lines[i]), None)
+            assert found is not None, f"{pattern!r} not found after line {pos}:\n{text}"
+            pos = found + 1
+
+
+def test_golden_fused_seed_network():
+    args = arrays("f32", (8, 5), (3, 8), (4, 5), (4, 3))
+    filecheck(gc.value_and_grad(seed_loss, wrt=("U", "V")).lower(*args).as_text("fused"), GOLDEN_SEED)
+
+
+def test_golden_fused_three_layer_mlp():
+    def mlp(W1, b1, W2, b2, W3, b3, x, t):
+        a1 = gc.tanh(x @ W1.T + b1)
+        a2 = gc.relu(a1 @ W2.T + b2)
+        z = a2 @ W3.T + b3
+        return gc.softmax_cross_entropy(z, t)
+    shapes = [(16, 10), (16,), (12, 16), (12,), (5, 12), (5,), (8, 10)]
+    args = arrays("f64", *shapes) + [np.eye(5)[RNG.integers(0, 5, 8)]]
+    lowered = check_against_interpreter(mlp, args, "f64", wrt=("W1", "b1", "W2", "b2", "W3", "b3"))
+    filecheck(lowered.as_text("fused"), GOLDEN_MLP)
