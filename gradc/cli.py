@@ -266,7 +266,7 @@ def lower(target: Target, wrt: list[str]) -> Lowered:
         if error is not None:
             raise error from e
         if type(e).__name__ in ("GradError", "ShapeError", "TracingError", "ParseError"):
-            raise UserError(str(e)) from e
+            raise UserError(str(e), _where(target.fn)) from e  # about the function as a whole
         raise
 
 
@@ -444,8 +444,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="size of a symbolic dim (default: 4 each)")
     check.add_argument("--samples", type=int, default=12, help="coordinates checked per gradient, "
                        "besides two random directions (default: 12)")
-    check.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error "
-                       "accepted (default: 1e-6)")
+    check.add_argument("--tolerance", type=float, default=1e-5, help="largest relative error "
+                       "accepted (default: 1e-5)")
     check.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
     check.set_defaults(run=cmd_check)
     return parser

@@ -596,6 +596,10 @@ class Explanation:
             arrays[i] = a.prepare(arrays[i])
         return arrays
 
+    def formulas(self, latex: bool = False) -> dict[str, str]:
+        """Each equation as rendered: left-hand side -> right-hand side, e.g. '∂L/∂V': '(∂L/∂h)ᵀ g'."""
+        return {lhs: rhs for lhs, rhs, _, _ in _lines(self, latex)[0]}
+
     def text(self, verbose: bool = False) -> str:
         """Unicode formulas with their shapes; `verbose` adds each one's IR value and source line."""
         return _render_text(self, verbose)
@@ -636,7 +640,8 @@ def explain(lowered: Any, wrt: Sequence[str] | None = None, stage: str | None = 
     graph = lowered.graphs[stage]
     n_primal = len(lowered.graphs["traced"].outputs)
     grads = graph.outputs[n_primal:]
-    wrt = list(wrt) if wrt is not None else _infer_wrt(graph, grads)
+    # a stage before autodiff has no gradient outputs: explain its forward formulas only
+    wrt = [] if not grads else list(wrt) if wrt is not None else _infer_wrt(graph, grads)
     if len(wrt) != len(grads):
         raise ValueError(f"{len(grads)} gradient outputs but wrt names {len(wrt)} inputs")
 
@@ -1060,6 +1065,8 @@ def _render_text(ex: Explanation, verbose: bool) -> str:
     width_shape = max((len(r[2]) for r in rows), default=0)
     for title, eqs in (("forward", ex.forward), ("gradients", ex.backward)):
         out += ["", title]
+        if not eqs:
+            out.append(f"  (none: the {ex.stage} graph has no gradient outputs)")
         for lhs, rhs, shape, eq in (r for r in rows if any(r[3] is e for e in eqs)):
             line = f"  {lhs.ljust(width_lhs)} = {rhs.ljust(width_rhs)}   {shape}"
             if verbose:

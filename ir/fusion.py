@@ -246,6 +246,8 @@ class _Fuser:
             return None
         if len(matmuls) > 1:
             return "the readers' kernel already holds a matmul"
+        if kernel.maps[matmuls[0].result] != (0, 1) or len(kernel.domain) != 2:
+            return "its readers' kernel runs over a different shape than the matmul's output"
         if kernel.reduced is not None and kernel.reduced != tuple(range(len(kernel.domain))):
             return "a matmul kernel only takes reductions over its whole output"
         inside = {o.result for o in kernel.ops}

@@ -145,12 +145,37 @@ def test_wrt_an_unused_argument_gets_zeros():
     assert np.all(gu == 0)
 
 
+def test_repeated_wrt_and_a_loss_that_is_an_input():
+    x, y = rand(2), rand(2)
+    gx1, gx2, gy = gc.grad(lambda x, y: gc.sum(x * y), wrt=(0, 0, 1))(x, y)
+    np.testing.assert_array_equal(gx1, y)
+    np.testing.assert_array_equal(gx2, y)
+    assert not np.shares_memory(gx1, gx2)
+    np.testing.assert_array_equal(gy, x)
+    value, g = gc.value_and_grad(lambda s: s)(np.float64(3.0))
+    assert value == 3.0 and g == 1.0
+
+
 def test_gradient_of_a_stop_gradient_branch_is_zero():
     def loss(w):
         return gc.sum(gc.stop_gradient(w) * w)
 
     w = rand(3)
     np.testing.assert_allclose(gc.grad(loss)(w), w)
+
+
+@pytest.mark.parametrize("form", ["v@M", "M@v", "v@v", "M@M", "sum(v@M)"])
+def test_matmul_gradients_for_1d_and_2d_operands(form):
+    M, v, w = rand(3, 3), rand(3), rand(3)
+    loss = {"v@M": lambda M, v, w: gc.sum((v @ M) * w), "M@v": lambda M, v, w: gc.sum((M @ v) * w),
+            "v@v": lambda M, v, w: v @ w, "M@M": lambda M, v, w: gc.sum(M @ M),
+            "sum(v@M)": lambda M, v, w: gc.sum(v @ M)}[form]
+    dM, dv = gc.grad(loss, wrt=("M", "v"))(M, v, w)
+    expected = {"v@M": (np.outer(v, w), M @ w), "M@v": (np.outer(w, v), M.T @ w), "v@v": (0 * M, w),
+                "M@M": (np.ones((3, 3)) @ M.T + M.T @ np.ones((3, 3)), 0 * v),
+                "sum(v@M)": (np.outer(v, np.ones(3)), M.sum(1))}[form]
+    np.testing.assert_allclose(dM, expected[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dv, expected[1], rtol=1e-12, atol=1e-14)
 
 
 # --- has_aux ------------------------------------------------------------------------------------------
