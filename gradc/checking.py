@@ -75,6 +75,8 @@ class GradCheck:
     tolerance: float
     coordinates: dict[str, int] = field(default_factory=dict)
     worst_at: dict[str, str] = field(default_factory=dict)
+    setting: str = "float64"
+    """How the inputs were made, for the report's first line."""
 
     @property
     def ok(self) -> bool:
@@ -82,19 +84,50 @@ class GradCheck:
 
     def __str__(self) -> str:
         width = max((len(n) for n in self.errors), default=0)
-        lines = [f"{self.function}: compiled gradient vs central differences (float64)"]
+        lines = [f"{self.function}: compiled gradient vs central differences ({self.setting})"]
         for name, err in self.errors.items():
             verdict = "ok" if err <= self.tolerance else f"MISMATCH {self.worst_at.get(name, '')}"
             lines.append(f"  ∂L/∂{name.ljust(width)}  worst relative error {err:8.1e}  {verdict}")
         checked = f"{max(self.coordinates.values(), default=0)} coordinates and random directions each"
-        lines.append(f"  {'all' if self.ok else 'NOT all'} {len(self.errors)} gradients agree within "
-                     f"{self.tolerance:g} ({checked})")
+        n = len(self.errors)
+        verdict = ("the gradient agrees" if n == 1 else f"all {n} gradients agree") if self.ok else \
+            ("the gradient does NOT agree" if n == 1 else f"NOT all {n} gradients agree")
+        lines.append(f"  {verdict} within {self.tolerance:g} ({checked})")
         return "\n".join(lines)
 
 
 def _relative(a: float, b: float, floor: float) -> float:
     # relative to the larger value, floored so coordinates whose derivative is ~0 do not dominate
     return abs(a - b) / max(abs(a), abs(b), floor)
+
+
+def _worst_error(loss_at: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray, name: str,
+                 rng: np.random.Generator, samples: int, directions: int, eps: float) -> tuple[float, str, int]:
+    """(worst relative error, where it occurred, coordinates checked) for one argument x, where
+    loss_at(delta) is the loss with x + delta in place of x."""
+    floor = max(float(np.max(np.abs(grad), initial=0.0)), 1e-12) * 1e-3
+    picks = set()
+    if x.size:
+        picks = {int(np.argmax(np.abs(grad)))}  # the largest entry, where a wrong factor shows most
+        picks |= set(rng.choice(x.size, size=min(samples, x.size), replace=False).tolist())
+    worst, where = 0.0, ""
+    for k in sorted(picks):
+        index = tuple(int(j) for j in np.unravel_index(k, x.shape))
+        delta = np.zeros_like(x)
+        delta[index] = h = eps * max(1.0, abs(float(x[index])))
+        numeric = (loss_at(delta) - loss_at(-delta)) / (2 * h)
+        err = _relative(float(grad[index]), numeric, floor)
+        if err > worst or not where:
+            worst, where = err, f"at {name}{list(index)}: gradc {float(grad[index]):.10g}, differences {numeric:.10g}"
+    for _ in range(directions if x.size else 0):  # a direction covers every entry at once
+        v = rng.standard_normal(x.shape)
+        h = eps * max(1.0, float(np.max(np.abs(x))))
+        numeric = (loss_at(h * v) - loss_at(-h * v)) / (2 * h)
+        exact = float(np.sum(grad * v))
+        err = _relative(exact, numeric, floor * np.sqrt(x.size))
+        if err > worst:
+            worst, where = err, f"along a random direction: gradc {exact:.10g}, differences {numeric:.10g}"
+    return worst, where, len(picks)
 
 
 def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, directions: int = 2,
@@ -115,10 +148,7 @@ def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, d
         wrt = [fn.names[i] for i in fn.wrt] if wrt is None and fn.wrt else wrt
         fn = fn.fn
     names = parameter_names(fn)
-    if wrt is None:
-        wrt = list(names)
-    elif isinstance(wrt, (str, int)):
-        wrt = [wrt]
+    wrt = list(names) if wrt is None else [wrt] if isinstance(wrt, (str, int)) else list(wrt)
     wrt = [names[w] if isinstance(w, int) else w for w in wrt]
     if not arrays:
         annotated = annotated_types(fn)
@@ -131,39 +161,16 @@ def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, d
     forward = jit(fn64)
     rng = np.random.default_rng(seed + 1)
 
-    def f(index: int, delta: np.ndarray) -> float:
-        shifted = list(args)
-        shifted[index] = args[index] + delta
-        return float(forward(*shifted))
-
     result = GradCheck(fn.__name__, {}, tolerance)
     for name, grad in zip(wrt, grads):
-        i, x = names.index(name), args[names.index(name)]
-        scale = max(float(np.max(np.abs(grad), initial=0.0)), 1e-12) * 1e-3
-        flat = np.abs(grad).ravel()
-        picks = {int(np.argmax(flat))} if flat.size else set()
-        picks |= set(rng.choice(flat.size, size=min(samples, flat.size), replace=False).tolist()) if flat.size else set()
-        worst, where = 0.0, ""
-        for k in sorted(picks):
-            index = tuple(int(i) for i in np.unravel_index(k, x.shape))
-            h = eps * max(1.0, abs(float(x[index])))
-            delta = np.zeros_like(x)
-            delta[index] = h
-            numeric = (f(i, delta) - f(i, -delta)) / (2 * h)
-            err = _relative(float(grad[index]), numeric, scale)
-            if err > worst or not where:
-                worst, where = err, f"at {name}{list(index)}: gradc {float(grad[index]):.10g}, differences {numeric:.10g}"
-        for _ in range(directions if x.size else 0):
-            v = rng.standard_normal(x.shape)
-            h = eps * max(1.0, float(np.max(np.abs(x))))
-            numeric = (f(i, h * v) - f(i, -h * v)) / (2 * h)
-            exact = float(np.sum(grad * v))
-            err = _relative(exact, numeric, scale * np.sqrt(x.size))
-            if err > worst:
-                worst, where = err, f"along a random direction: gradc {exact:.10g}, differences {numeric:.10g}"
+        i = names.index(name)
+
+        def loss_at(delta: np.ndarray, i: int = i) -> float:
+            return float(forward(*args[:i], args[i] + delta, *args[i + 1:]))
+        worst, where, count = _worst_error(loss_at, args[i], grad, name, rng, samples, directions, eps)
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
             worst, where = float("inf"), "the loss or gradient is not finite at these inputs"
-        result.errors[name], result.coordinates[name], result.worst_at[name] = worst, len(picks), where
+        result.errors[name], result.worst_at[name], result.coordinates[name] = worst, where, count
     if raise_on_mismatch and not result.ok:
         bad = [n for n, e in result.errors.items() if not e <= tolerance]
         raise GradientCheckError(

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from . import dumping
 from .api import Compiled, Lowered, value_and_grad
-from .checking import GradientCheckError, bind_symbols, check_grad, random_arguments, with_dtype
+from .checking import bind_symbols, check_grad, random_arguments, with_dtype
 from .ir import Graph, ParseError, TensorType, parse
 from .tracing import Annotation, annotated_types, parameter_names
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70  # 70: EX_SOFTWARE of sysexits.h
 GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
 INSTALL_GRAPHVIZ = ("Graphviz's `dot` program is not installed. Install it with\n"
                     "    apt-get install graphviz      (Debian, Ubuntu)\n"
@@ -55,7 +54,7 @@ class UserError(Exception):
 
 # --- where an exception happened in the user's code -------------------------------------------------
 
-_GRADC_DIRS = tuple(str(Path(m).resolve().parent) + os.sep for m in
+_GRADC_DIRS = tuple(str(Path(str(m)).resolve().parent) + os.sep for m in
                     (__file__, sys.modules["gradc.ir"].__file__, sys.modules["gradc.backends"].__file__))
 _LIBRARY_DIRS = tuple(str(Path(p).resolve()) + os.sep for p in
                       {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
@@ -99,7 +98,7 @@ def user_error(e: BaseException) -> UserError | None:
     message = re.sub(rf"^{re.escape(os.path.basename(last.filename))}:\d+: ", "", message)
     if type(e).__module__ == "builtins":  # gradc's own errors (ShapeError, ...) speak for themselves
         message = f"{type(e).__name__}: {message}"
-    source = _source_line(last.filename, last.lineno)
+    source = _source_line(last.filename, last.lineno or 0)
     for outer in reversed(frames[:-1]):
         source += f"\n       (called from {_display(outer.filename)}:{outer.lineno}, in {outer.name})"
     return UserError(message, f"{_display(last.filename)}:{last.lineno}", source)
@@ -291,11 +290,6 @@ def cmd_dump(args: argparse.Namespace, target: Target, out: Any) -> int:
     return 0
 
 
-_LEGEND = ('  labelloc=t; fontname="Helvetica"; fontsize=14;\n'
-           '  label=<{title}<br/><font point-size="11">blue: forward ops · orange: adjoint '
-           '(vjp) ops · green: inputs</font>>;\n')
-
-
 def _kernel_clusters(dot: str, graph: Graph) -> str:
     """Draw each fused kernel as a cluster around its ops (unless the DOT already does)."""
     kernels = getattr(graph, "kernels", None)
@@ -314,14 +308,23 @@ def _kernel_clusters(dot: str, graph: Graph) -> str:
     return dot[:end] + "".join(clusters) + dot[end:]
 
 
+def _with_legend(dot: str, title: str) -> str:
+    """A title and colour legend under the graph's first line, so a saved picture explains itself."""
+    legend = "blue: forward ops · orange: adjoint (vjp) ops · green: inputs"
+    if "subgraph" in dot:
+        legend += " · dashed boxes: fused kernels"
+    title = title.replace("&", "&amp;").replace("<", "&lt;")
+    first_line_end = dot.index("\n") + 1
+    return (dot[:first_line_end] + '  labelloc=t; fontname="Helvetica"; fontsize=14;\n'
+            f'  label=<{title}<br/><font point-size="11">{legend}</font>>;\n' + dot[first_line_end:])
+
+
 def cmd_dot(args: argparse.Namespace, target: Target, out: Any) -> int:
     lowered = lower(target, _wrt(target, args.wrt))
     if args.stage not in lowered.graphs:
         raise UserError(f"--stage {args.stage}: graph stages are {', '.join(lowered.graphs)}")
     dot = _kernel_clusters(lowered.as_dot(args.stage), lowered.graphs[args.stage])
-    title = f"{target.name}: {args.stage} stage".replace("&", "&amp;").replace("<", "&lt;")
-    first_line_end = dot.index("\n") + 1  # a title and legend, so a saved picture explains itself
-    dot = dot[:first_line_end] + _LEGEND.format(title=title) + dot[first_line_end:]
+    dot = _with_legend(dot, f"{target.name}: {args.stage} stage")
     if args.output is None:
         out.write(dot)
         return 0
@@ -365,7 +368,7 @@ def cmd_explain(args: argparse.Namespace, target: Target, out: Any) -> int:
         exact = explain(lower(Target(with_dtype(target.fn, "f64"), target.path, target.name), wrt),
                         wrt, args.stage)
         errors = exact.verify(*exact.example_inputs(_dims(args.dim), args.seed))
-        worst = max(errors, key=errors.get)
+        worst = max(errors, key=lambda key: errors[key])
         out.write(f"\nverified: each formula evaluated with numpy on random inputs (float64) matches "
                   f"the compiled graph; worst relative error {errors[worst]:.1e} (%{worst})\n")
         if errors[worst] > 1e-9:
@@ -375,7 +378,7 @@ def cmd_explain(args: argparse.Namespace, target: Target, out: Any) -> int:
 
 def cmd_check(args: argparse.Namespace, target: Target, out: Any) -> int:
     wrt = _wrt(target, args.wrt)
-    types = annotated_types(target.fn)
+    types = annotated_types(target.fn) or []  # loading made sure there are annotations
     dims = bind_symbols(types, _dims(args.dim))
     arrays = random_arguments(types, dims, args.seed)
     try:
@@ -383,9 +386,9 @@ def cmd_check(args: argparse.Namespace, target: Target, out: Any) -> int:
                             seed=args.seed, raise_on_mismatch=False)
     except Exception as e:
         raise user_error(e) or e
-    sizes = ", ".join(f"{k}={v}" for k, v in dims.items())
-    out.write(str(result).replace(" (float64)", f" (float64{', ' + sizes if sizes else ''}, seed {args.seed})") + "\n")
-    return 0 if result.ok else 1
+    result.setting = ", ".join(["float64"] + [f"{k}={v}" for k, v in dims.items()] + [f"seed {args.seed}"])
+    out.write(f"{result}\n")
+    return EXIT_OK if result.ok else EXIT_ERROR
 
 
 # --- argument parsing -------------------------------------------------------------------------------
@@ -395,7 +398,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="gradc", description="Compile a Python model definition and show the work: the IR after "
         "every pass, the graph as a picture, the gradient as matrix calculus, and a gradient check.",
         epilog="A TARGET is FILE.py:FUNC (a function with gc.f32[...] annotations; FUNC may be left "
-               "out when the file has one) or an IR file (.gir) as `gradc dump --stage traced` prints it.")
+               "out when the file has one) or an IR file (.gir) as `gradc dump --stage traced` prints it. "
+               "Exit status: 0 success, 1 an error in the model or a failed check, 2 bad command line, "
+               "70 an internal error in gradc. GRADC_DUMP=DIR makes every compilation of a program "
+               "write each stage to DIR/<function>/.")
     parser.add_argument("--version", action="version", version=f"gradc {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -462,6 +468,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     show_traceback = args.traceback or os.environ.get("GRADC_TRACEBACK") == "1"
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # ∂, ᵀ unencodable
     try:
         target = load_target(args.target, args.dtype)
         return args.run(args, target, sys.stdout)
@@ -469,21 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if show_traceback:
             traceback.print_exc()
         print(f"gradc {args.command}: {e}" if not e.where else str(e), file=sys.stderr)
-        return 1
-    except GradientCheckError as e:
-        print(f"gradc check: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `gradc dump ... | head`
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:  # `gradc dump ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:
         if show_traceback:
             traceback.print_exc()
         print(f"gradc {args.command}: internal error: {type(e).__name__}: {e}\n"
               "this is a bug in gradc; run again with --traceback and report it", file=sys.stderr)
-        return 2
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

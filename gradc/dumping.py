@@ -67,7 +67,27 @@ def header(lowered: Any, stage: str) -> str:
 
 def stage_text(lowered: Any, stage: str) -> str:
     text = lowered.as_text(stage)
+    if stage == UNOPTIMIZED_LLVM:
+        text = _annotate_kernels(text, lowered)
     return text if text.endswith("\n") else text + "\n"
+
+
+def _annotate_kernels(llvm_ir: str, lowered: Any) -> str:
+    """Above each kernel's `define`, the ops it computes and their source lines: LLVM IR has no
+    other trace of them. (After optimisation the kernels are inlined into the entry point.)"""
+    graph = lowered.graphs.get("fused")
+    kernels = {k.name: k for k in getattr(graph, "kernels", None) or ()}
+    if not kernels:
+        return llvm_ir
+    from .ir.text import value_names
+    names = value_names(graph)
+    out = []
+    for line in llvm_ir.splitlines():
+        m = re.match(r'define [^@]*@"?(k\d+)\.', line)
+        if m and m.group(1) in kernels:
+            out += [f"; %{names[op.result]} = {op.name}  # {op.loc}" for op in kernels[m.group(1)].ops]
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def unaccounted_timings(lowered: Any, stages: list[str]) -> list[tuple[str, float]]:

@@ -24,8 +24,8 @@ from .ir.interpreter import bind_dims, interpret
 from .ir.text import value_names
 from .ir.types import Shape, broadcast_shapes
 
-# --- the expression tree -----------------------------------------------------------------------------
 
+# --- the expression tree -----------------------------------------------------------------------------
 
 class Expr:
     """A tensor-valued formula. Nodes are frozen dataclasses, so equal formulas compare equal."""
@@ -215,8 +215,8 @@ def mul(*items: Any, coef: float = 1.0) -> Expr:
 def add(*terms: Expr) -> Expr:
     """A sum with like terms combined, positive terms first, and common constant factors pulled out."""
     coefs: dict[Expr, float] = {}
-    for t in terms:
-        for u in (strip(t).terms if isinstance(strip(t), Sum) else [strip(t)]):
+    for t in map(strip, terms):
+        for u in (t.terms if isinstance(t, Sum) else (t,)):
             c, rest = _split(u)
             coefs[rest] = coefs.get(rest, 0.0) + c
     kept = [mul(rest, coef=c) for rest, c in coefs.items() if c != 0]
@@ -275,7 +275,7 @@ def reduce(op: str, x: Expr, axes: tuple, keepdims: bool) -> Expr:
     return Reduce(op, x, axes, keepdims)
 
 
-# --- recognisers: textbook names for patterns that autodiff writes out in primitives ----------------
+# --- walking and rewriting trees -----------------------------------------------------------------
 
 def _children(e: Expr) -> list[Expr]:
     if isinstance(e, Sum):
@@ -311,6 +311,28 @@ def _rebuild(e: Expr, kids: list[Expr]) -> Expr:
     return e
 
 
+def _walk(e: Expr):
+    yield e
+    for k in _children(e):
+        yield from _walk(k)
+
+
+def _size(e: Expr) -> int:
+    return sum(1 for _ in _walk(e))
+
+
+def _substitute(e: Expr, target: Expr, leaf: Leaf) -> Expr:
+    if e == target:
+        return leaf
+    kids = _children(e)
+    new = [_substitute(k, target, leaf) for k in kids]
+    return _rebuild(e, new) if new != kids else e
+
+
+def _uses(e: Expr, leaf: Leaf) -> bool:
+    return any(x == leaf for x in _walk(e))
+
+
 def rewrite(e: Expr, rules: Sequence[Callable[[Expr], Expr | None]]) -> Expr:
     """Apply `rules` bottom-up until none fires."""
     kids = _children(e)
@@ -324,6 +346,8 @@ def rewrite(e: Expr, rules: Sequence[Callable[[Expr], Expr | None]]) -> Expr:
             return rewrite(out, rules)
     return e
 
+
+# --- recognisers: textbook names for patterns that autodiff writes out in primitives ----------------
 
 def _row_reduce(e: Expr, op: str) -> tuple[Expr, int] | None:
     e = strip(e)
@@ -471,7 +495,7 @@ def evaluate(e: Expr, env: dict[Leaf, np.ndarray], dims: dict[str, int]) -> np.n
 
 # --- reading a graph into trees ---------------------------------------------------------------------
 
-_ELEMENTWISE_ALGEBRA = {
+_ELEMENTWISE_ALGEBRA: dict[str, Callable[..., Expr]] = {
     "add": lambda a, b, **_: add(a, b),
     "sub": lambda a, b, **_: add(a, mul(b, coef=-1.0)),
     "mul": lambda a, b, **_: mul(a, b),
@@ -483,17 +507,30 @@ _ELEMENTWISE_ALGEBRA = {
 
 
 class _Reader:
-    """Turns graph values into trees, stopping at `leaves` (inputs, named values, cut cotangents)."""
+    """Turns graph values into trees, stopping at `leaves` (inputs, named values, cut cotangents).
 
-    def __init__(self, leaves: dict[Value, Leaf]) -> None:
+    A value read more than once whose formula grew past `spill_size` nodes becomes a leaf of its
+    own, named as in the printed IR (`spilled`): inlining it everywhere would make a loop like
+    `x = tanh(x) * x` double the formula at every turn."""
+
+    def __init__(self, leaves: dict[Value, Leaf], graph: Graph, primal: set[Value],
+                 spill_size: int = 40) -> None:
         self.leaves = leaves
         self.memo: dict[Value, Expr] = {}
+        self.readers = {v: len(ops) for v, ops in graph.users().items()}
+        self.printed = value_names(graph)
+        self.primal, self.spill_size = primal, spill_size
+        self.spilled: dict[Value, Leaf] = {}
 
     def operand(self, v: Value) -> Expr:
         if v in self.leaves:
             return self.leaves[v]
         if v not in self.memo:
-            self.memo[v] = self.definition(v)
+            e = self.definition(v)
+            if self.readers.get(v, 0) > 1 and _size(e) > self.spill_size:
+                role = "forward" if v in self.primal else "delta"
+                e = self.leaves[v] = self.spilled[v] = Leaf(self.printed[v], v.type.shape, role)
+            self.memo[v] = e
         return self.memo[v]
 
     def definition(self, v: Value) -> Expr:
@@ -527,6 +564,67 @@ class _Reader:
         else:  # an op this file has no notation for still evaluates and prints generically
             e = Fn(op.name, tuple(xs), tuple(sorted(a.items())), v.type.shape)
         return e if e.shape == v.type.shape else bcast(e, v.type.shape)
+
+
+# --- names for repeated subexpressions -----------------------------------------------------------
+
+def _name_repeats(forward: list[Equation], backward: list[Equation], taken: set[str],
+                  min_size: int = 6) -> tuple[list[Equation], list[Equation]]:
+    """Give a big subexpression that occurs more than once a name of its own, as a textbook does:
+    u₁, u₂ for forward values the source left unnamed, δ₁, δ₂ for backward ones."""
+    extra: list[Equation] = []
+    while True:
+        counts: dict[Expr, int] = {}
+        for eq in forward + backward + extra:
+            for node in _walk(eq.expr):
+                if not isinstance(node, (Leaf, Num, Size, Bcast, Reshape, Transpose)):
+                    counts[node] = counts.get(node, 0) + 1
+        repeated = [n for n, c in counts.items() if c >= 2 and _size(n) >= min_size]
+        if not repeated:
+            break
+        best = max(repeated, key=_size)  # largest first, so the smaller repeats inside it stay visible
+        backward_value = any(isinstance(x, Leaf) and x.role in ("adjoint", "delta") for x in _walk(best))
+        leaf = Leaf(f"\0{len(extra)}", best.shape, "delta" if backward_value else "forward")  # named below
+        for eq in forward + backward + extra:
+            eq.expr = _substitute(eq.expr, best, leaf)
+        extra.append(Equation(leaf, best, None, leaf.name))
+
+    def place(block: list[Equation], pool: list[Equation]) -> list[Equation]:
+        """`block` in order, each auxiliary from `pool` just before its first reader."""
+        out: list[Equation] = []
+
+        def emit(eq: Equation) -> None:
+            if any(eq is o for o in out):
+                return
+            pool[:] = [a for a in pool if a is not eq]
+            for aux in [a for a in pool if _uses(eq.expr, a.lhs)]:
+                emit(aux)
+            out.append(eq)
+        for eq in block:
+            emit(eq)
+        return out
+    pool = [e for e in extra if e.lhs.role == "forward"]
+    body = place(forward[:-1], pool)
+    # forward names that only the backward pass reads come just before the loss
+    forward = body + place(list(pool), pool) + place(forward[-1:], pool)
+    backward = place(backward, [e for e in extra if e.lhs.role == "delta"])
+    _name_in_reading_order(forward + backward, extra, taken)
+    return forward, backward
+
+
+def _name_in_reading_order(equations: list[Equation], extra: list[Equation], taken: set[str]) -> None:
+    counters = {"forward": 0, "delta": 0}
+    for aux in [e for e in equations if any(e is x for x in extra)]:
+        old = aux.lhs
+        while True:
+            counters[old.role] += 1
+            name = ("u" if old.role == "forward" else "δ") + str(counters[old.role])
+            if name not in taken:
+                break
+        new = Leaf(name, old.shape, old.role)
+        for eq in equations:
+            eq.expr = _substitute(eq.expr, old, new)
+        aux.lhs, aux.key = new, name
 
 
 # --- the explanation ---------------------------------------------------------------------------------
@@ -670,7 +768,7 @@ def explain(lowered: Any, wrt: Sequence[str] | None = None, stage: str | None = 
             cuts[v] = Leaf("L" if named[base] is loss else base, v.type.shape, "adjoint")
     gradient_of = {g: name for g, name in zip(grads, wrt)}
 
-    reader = _Reader({**leaves, **cuts})
+    reader = _Reader({**leaves, **cuts}, graph, primal)
     assumptions: list[Assumption] = []
     approximate = EXACT_RULES + (cross_entropy_rule(assumptions),)
 
@@ -699,7 +797,13 @@ def explain(lowered: Any, wrt: Sequence[str] | None = None, stage: str | None = 
                 eq = Equation(lhs, cuts[g], g, eq.key, eq.loc)
             backward.append(eq)
         gradients[name] = printed[g]
+    done: set[Value] = set()
+    while set(reader.spilled) - done:  # spilled values get equations, which may spill more
+        for v in [v for v in reader.spilled if v not in done]:
+            done.add(v)
+            (forward if v in primal else backward).append(equation(v, reader.spilled[v]))
     order = {op.result: i for i, op in enumerate(graph.ops)}
+    forward.sort(key=lambda e: order.get(e.value, -1))
     backward.sort(key=lambda e: order.get(e.value, -1))
     taken = {v.name for v in graph.inputs} | {e.lhs.name for e in forward + backward}
     forward, backward = _name_repeats(forward, backward, taken)
@@ -711,9 +815,13 @@ def explain(lowered: Any, wrt: Sequence[str] | None = None, stage: str | None = 
 # --- rendering: one notation, spelled in Unicode or LaTeX --------------------------------------------
 
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
 _SUPERSCRIPT = str.maketrans("0123456789-.", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻·")
 
 # Unicode and LaTeX spellings of each elementwise function; {0}, {1} are the arguments
+
+
 _FUNCTIONS = {
     "sigmoid": ("σ({0})", r"\sigma({0})"), "tanh": ("tanh({0})", r"\tanh({0})"),
     "exp": ("exp({0})", r"\exp({0})"), "log": ("log({0})", r"\log({0})"),
@@ -723,92 +831,6 @@ _FUNCTIONS = {
     "softmax": ("softmax({0})", r"\operatorname{{softmax}}({0})"),
     "log_softmax": ("log softmax({0})", r"\log\operatorname{{softmax}}({0})"),
 }
-
-
-def _size(e: Expr) -> int:
-    return sum(1 for _ in _walk(e))
-
-
-def _substitute(e: Expr, target: Expr, leaf: Leaf) -> Expr:
-    if e == target:
-        return leaf
-    kids = _children(e)
-    new = [_substitute(k, target, leaf) for k in kids]
-    return _rebuild(e, new) if new != kids else e
-
-
-def _uses(e: Expr, leaf: Leaf) -> bool:
-    return any(x == leaf for x in _walk(e))
-
-
-def _name_repeats(forward: list[Equation], backward: list[Equation], taken: set[str],
-                  min_size: int = 6) -> tuple[list[Equation], list[Equation]]:
-    """Give a big subexpression that occurs more than once a name of its own, as a textbook does:
-    u₁, u₂ for forward values the source left unnamed, δ₁, δ₂ for backward ones."""
-    counters = {"forward": 0, "delta": 0}
-    extra: list[Equation] = []
-    while True:
-        counts: dict[Expr, int] = {}
-        for eq in forward + backward + extra:
-            for node in _walk(eq.expr):
-                if not isinstance(node, (Leaf, Num, Size, Bcast, Reshape, Transpose)):
-                    counts[node] = counts.get(node, 0) + 1
-        repeated = [n for n, c in counts.items() if c >= 2 and _size(n) >= min_size]
-        if not repeated:
-            break
-        best = max(repeated, key=_size)
-        role = "delta" if any(isinstance(x, Leaf) and x.role in ("adjoint", "delta") for x in _walk(best)) \
-            else "forward"
-        while True:
-            counters[role] += 1
-            name = ("u" if role == "forward" else "δ") + str(counters[role])
-            if name not in taken:
-                break
-        leaf = Leaf(name, best.shape, role)
-        for eq in forward + backward + extra:
-            eq.expr = _substitute(eq.expr, best, leaf)
-        extra.append(Equation(leaf, best, None, name))
-
-    def place(block: list[Equation], pool: list[Equation]) -> list[Equation]:
-        """`block` in order, each auxiliary from `pool` just before its first reader."""
-        out: list[Equation] = []
-
-        def emit(eq: Equation) -> None:
-            if any(eq is o for o in out):
-                return
-            pool[:] = [a for a in pool if a is not eq]
-            for aux in [a for a in pool if _uses(eq.expr, a.lhs)]:
-                emit(aux)
-            out.append(eq)
-        for eq in block:
-            emit(eq)
-        return out
-    pool = [e for e in extra if e.lhs.role == "forward"]
-    body = place(forward[:-1], pool)
-    # forward names that only the backward pass reads come just before the loss
-    forward = body + place(list(pool), pool) + place(forward[-1:], pool)
-    backward = place(backward, [e for e in extra if e.lhs.role == "delta"])
-    return _renumber(forward, backward, extra)
-
-
-def _renumber(forward: list[Equation], backward: list[Equation],
-              extra: list[Equation]) -> tuple[list[Equation], list[Equation]]:
-    """Number the auxiliary names in reading order (they were made largest first)."""
-    mapping: dict[Leaf, Leaf] = {}
-    for role, block in (("forward", forward), ("delta", backward)):
-        aux = [e.lhs for e in block if any(e is x for x in extra)]
-        names = sorted((a.name for a in aux), key=lambda n: int(n[1:]))
-        mapping.update({old: Leaf(new, old.shape, role) for old, new in zip(aux, names)})
-    for eq in forward + backward:
-        for old, new in mapping.items():
-            if old != new:
-                eq.expr = _substitute(eq.expr, old, Leaf("\0" + new.name, new.shape, new.role))
-        if eq.lhs in mapping:
-            eq.lhs, eq.key = mapping[eq.lhs], mapping[eq.lhs].name
-    for eq in forward + backward:  # two steps, so swapping u₁ and u₂ cannot collide
-        for new in mapping.values():
-            eq.expr = _substitute(eq.expr, Leaf("\0" + new.name, new.shape, new.role), new)
-    return forward, backward
 
 
 def shape_text(shape: Shape, latex: bool = False) -> str:
@@ -912,12 +934,11 @@ class _Notation:
         raise TypeError(type(e).__name__)
 
     def operand(self, e: Expr) -> str:
-        """A matmul operand; a broadcast scalar c is the column c 1 or the row c 1ᵀ of ones."""
-        inner = e.x if isinstance(e, Reshape) and e.x.shape == () else e
-        if isinstance(inner, Bcast) and inner.x.shape == () and len(e.shape) == 2:
-            c = self.render(inner.x)[0]
+        """A matmul operand; a broadcast scalar c is c times the column 1 or the row 1ᵀ of ones."""
+        if isinstance(e, Bcast) and e.x.shape == () and len(e.shape) == 2:
             ones = self.one + (self.top if e.shape[0] == 1 else "")
-            return ones if c == "1" else f"{self.paren(c)} {ones}" if not c.replace(".", "").isalnum() else f"{c} {ones}"
+            c = self.wrap(e.x, ("atom",))
+            return ones if c == "1" else f"{c} {ones}"
         return self.wrap(e, ("atom", "matmul"))
 
     def sum(self, e: Sum) -> str:
@@ -929,45 +950,49 @@ class _Notation:
                 (f" {self.minus} " if c < 0 else " + ") + text
         return out
 
-    def prod(self, e: Prod) -> tuple[str, str]:
-        p_q = _fraction(abs(e.coef))
-        num = [str(p_q[0])] if p_q and p_q[0] != 1 else [_number(abs(e.coef))] if abs(e.coef) != 1 and not p_q else []
-        num += [self.power(f, p) for f, p in e.factors if _is_constant(f) and p > 0]
-        den = [str(p_q[1])] if p_q else []
+    def coefficient(self, e: Prod) -> tuple[str, str]:
+        """The constant part of a product as (numerator, denominator): 2/N is ("2", "N")."""
+        fraction = _fraction(abs(e.coef))
+        num = [] if abs(e.coef) == 1 else [str(fraction[0])] if fraction else [_number(abs(e.coef))]
+        den = [str(fraction[1])] if fraction else []
+        num = [n for n in num if n != "1"] + [self.power(f, p) for f, p in e.factors if _is_constant(f) and p > 0]
         den += [self.power(f, -p) for f, p in e.factors if _is_constant(f) and p < 0]
+        if self.latex:
+            return " ".join(num), " ".join(den)
+        return "".join(num), "·".join(den) if len(den) < 2 else "(" + "·".join(den) + ")"
+
+    def hadamard(self, factors: list[tuple[Expr, float]], allowed: tuple[str, ...]) -> str:
+        return self.odot.join(self.power(f, p) if p != 1 else self.wrap(f, allowed) for f, p in factors)
+
+    def fraction(self, top: str, bottom: str) -> str:
+        return rf"\frac{{{top}}}{{{bottom}}}" if self.latex else f"{top}/{bottom}"
+
+    def prod(self, e: Prod) -> tuple[str, str]:
+        numerator, denominator = self.coefficient(e)
         top = [(f, p) for f, p in e.factors if not _is_constant(f) and p > 0]
         bottom = [(f, -p) for f, p in e.factors if not _is_constant(f) and p < 0]
-        # a lone factor after a scalar needs no parentheses: 1/N Σ (h − y)², 2/N x W
-        alone = ("atom", "adjoint", "power", "reduce", "matmul")
-        hadamard = lambda fs: self.odot.join(
-            self.power(f, p) if p != 1 else self.wrap(f, alone if len(fs) == 1 else ("atom", "adjoint"))
-            for f, p in fs)
-        numerator, denominator = "".join(num), "·".join(den) if not self.latex else " ".join(den)
         sign = self.minus if e.coef < 0 else ""
-        if len(den) > 1 and not self.latex:
-            denominator = f"({denominator})"
         if len(top) == 1 and top[0][1] == 1 and isinstance(top[0][0], Sum) and not bottom \
                 and not numerator and denominator:  # (softmax(z) − t)/B
             inner = self.render(top[0][0])[0]
-            text = rf"\frac{{{inner}}}{{{denominator}}}" if self.latex else f"({inner})/{denominator}"
-            return sign + text, "signed" if sign else "prod"
-        if denominator:
-            coefficient = rf"\frac{{{numerator or 1}}}{{{denominator}}}" if self.latex else \
-                f"{numerator or 1}/{denominator}"
-        else:
-            coefficient = numerator
-        body = hadamard(top) if top else ("" if coefficient else "1")
+            return sign + (self.fraction(inner, denominator) if self.latex else f"({inner})/{denominator}"), \
+                "signed" if sign else "prod"
+        coefficient = self.fraction(numerator or "1", denominator) if denominator else numerator
+        # a lone factor after a scalar needs no parentheses: 1/N Σ (h − y)², 2/N x W
+        alone = ("atom", "adjoint", "power", "reduce", "matmul")
+        body = self.hadamard(top, alone if len(top) == 1 else ("atom", "adjoint"))
         if bottom:
-            under = self.odot.join(self.power(f, p) if p != 1 else self.wrap(f, ("atom", "adjoint"))
-                                   for f, p in bottom)
+            under = self.hadamard(bottom, ("atom", "adjoint"))
             if self.latex:
-                body = rf"\frac{{{body or 1}}}{{{under}}}"
+                body = self.fraction(body or "1", under)
             else:
                 body = f"{body or 1} / " + (self.paren(under) if len(bottom) > 1 else under)
-        text = " ".join(t for t in (coefficient, body) if t)
-        kind = "signed" if sign else "power" if len(top) == 1 and not coefficient and not bottom else \
-            "atom" if not top and not bottom and not denominator else "prod"
-        return sign + text, kind
+        text = " ".join(t for t in (coefficient, body) if t) or "1"
+        if sign:
+            return sign + text, "signed"
+        if len(top) == 1 and not coefficient and not bottom:
+            return text, "power"
+        return text, "atom" if not top and not bottom and not denominator else "prod"
 
     def function(self, e: Fn) -> str:
         args = [self.render(a)[0] for a in e.args]
@@ -983,7 +1008,7 @@ class _Notation:
         return f"{name}({', '.join(args + extra)})"
 
     def reduction(self, e: Reduce) -> tuple[str, str]:
-        rank, (axis,) = len(e.x.shape), e.axes[:1] or (None,)
+        rank = len(e.x.shape)
         if e.op == "max":
             inner = self.render(e.x)[0]
             if len(e.axes) == rank:
@@ -1001,12 +1026,6 @@ class _Notation:
             axes = ",".join(map(str, e.axes))
             sigma += rf"_{{\text{{axis }}{axes}}}" if self.latex else f"[axis {axes}]"
         return f"{sigma} {inner}", "reduce"
-
-
-def _walk(e: Expr):
-    yield e
-    for k in _children(e):
-        yield from _walk(k)
 
 
 def _size_names(ex: Explanation) -> tuple[dict[Size, str], list[tuple[str, Size]]]:
@@ -1061,7 +1080,7 @@ def _render_text(ex: Explanation, verbose: bool) -> str:
     rows, notes, caveats = _lines(ex, latex=False)
     out = [f"{_signature(ex)}, read back from the {ex.stage} graph"]
     width_lhs = max((len(r[0]) for r in rows), default=0)
-    width_rhs = max((len(r[1]) for r in rows), default=0)
+    width_rhs = min(max((len(r[1]) for r in rows), default=0), 48)  # one long formula pads no others
     width_shape = max((len(r[2]) for r in rows), default=0)
     for title, eqs in (("forward", ex.forward), ("gradients", ex.backward)):
         out += ["", title]

@@ -25,7 +25,12 @@ class Builder:
 
     def op(self, name: str, *operands: Sym | Value, **attrs: Any) -> Sym:
         values = [o.value if isinstance(o, Sym) else o for o in operands]
-        return self.wrap(self.graph.add_op(name, values, attrs, loc=self.locate()))
+        try:
+            return self.wrap(self.graph.add_op(name, values, attrs, loc=self.locate()))
+        except ShapeError as e:  # say which values: the arguments have their parameter names
+            if values and e.args and isinstance(e.args[0], str):
+                e.args = (f"{e.args[0]} (operands {describe(values)})",) + e.args[1:]
+            raise
 
     def const(self, value: float, dtype: str) -> Sym:
         return self.op("const", value=float(value), dtype=dtype)
@@ -43,6 +48,11 @@ class Builder:
             raise TypeError(f"cannot combine a traced tensor with {type(x).__name__} {x!r:.80}; "
                             "use a tensor argument or a Python number")
         return self.const(float(x), like.dtype)
+
+
+def describe(values: list[Value]) -> str:
+    """`%x: f32[4,5], f32[5,8]`: operands for an error message, named where they have a name."""
+    return ", ".join(f"%{v.name}: {v.type}" if v.name else str(v.type) for v in values)
 
 
 class Sym:
@@ -76,7 +86,8 @@ class Sym:
         a, b = (other, self) if reverse else (self, other)
         if a.dtype != b.dtype:
             raise ShapeError(f"{name}: dtypes {a.dtype} and {b.dtype} differ; gradc does not promote "
-                             "silently, so make both arguments the same dtype")
+                             f"silently, so make both arguments the same dtype (operands "
+                             f"{describe([a.value, b.value])})")
         return self.builder.op(name, a, b)
 
     def __add__(self, o): return self._binary("add", o)
@@ -143,9 +154,9 @@ class Sym:
 def matmul(a: Sym, b: Sym) -> Sym:
     """numpy matmul for 1-D and 2-D operands, lowered onto the 2-D matmul op with reshapes."""
     if a.dtype != b.dtype:
-        raise ShapeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ")
+        raise ShapeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ (operands {describe([a.value, b.value])})")
     if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
-        raise ShapeError(f"matmul takes 1-D or 2-D operands, got shapes {a.shape} and {b.shape}")
+        raise ShapeError(f"matmul takes 1-D or 2-D operands (operands {describe([a.value, b.value])})")
     a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
     b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
     out = a.builder.op("matmul", a2, b2, transpose_a=False, transpose_b=False)

@@ -98,7 +98,16 @@ def _pow_scalar(e, x, exponent: float):
         return e.div(e.const(1.0), result) if exponent < 0 else result
     if exponent == 0.5:
         return e.sqrt(x)
-    return e.exp(e.mul(e.const(exponent), e.log(x)))
+    if 2 * exponent == int(2 * exponent) and abs(exponent) <= 64:
+        # half-integer: x**n * sqrt(x) is within a few ULP, where exp(e * log x) is off by about
+        # |e * log x| ULP; x + 0 turns -0 into +0, as numpy's pow(-0, y) is +0 or +inf here
+        x = e.add(x, e.const(0.0))
+        result = e.mul(_pow_scalar(e, x, abs(exponent) - 0.5), e.sqrt(x)) if abs(exponent) > 0.5 else e.sqrt(x)
+        result = e.div(e.const(1.0), result) if exponent < 0 else result
+    else:
+        result = e.exp(e.mul(e.const(exponent), e.log(x)))
+    # numpy's pow(-inf, y) for a non-integer y is +inf (y > 0) or +0 (y < 0), not sqrt's or log's NaN
+    return e.select(e.eq(x, e.const(-np.inf)), e.const(np.inf if exponent > 0 else 0.0), result)
 
 
 # --- elementwise ---------------------------------------------------------------------------------
@@ -136,7 +145,8 @@ _elementwise("relu", 1, lambda x: np.maximum(x, x.dtype.type(0)),
              lambda g, out, x: (g * out.builder.op("gt", out, out.builder.const(0.0, out.dtype)),),
              doc="max(x, 0)")
 _elementwise("pow", 1, lambda x, exponent: np.power(x, x.dtype.type(exponent)), _pow_scalar,
-             lambda g, out, x, exponent: (g * exponent * x ** (exponent - 1.0),),
+             # x ** 0 is constant: no cotangent, where 0 * x ** -1 would be NaN at x = 0
+             lambda g, out, x, exponent: (g * exponent * x ** (exponent - 1.0) if exponent != 0 else None,),
              attrs=("exponent",), doc="x ** exponent for a constant exponent")
 _elementwise("stop_gradient", 1, lambda x: x.copy(), lambda e, x: x,
              lambda g, out, x: (None,), doc="identity whose gradient is zero")

@@ -190,7 +190,7 @@ def random_graphs(smooth: bool = False, dtypes=("f32", "f64"), max_ops: int = 12
     from gradc.ir.types import ShapeError, broadcast_shapes
 
     kinds = ["unary", "unary", "binary", "binary", "const_binary", "matmul", "matmul", "transpose",
-             "reduce", "reshape", "broadcast"]
+             "reduce", "reshape", "broadcast", "const"]
     unary = ["neg", "tanh", "sigmoid", "exp", "log", "sqrt", "pow"] + \
         ([] if smooth else ["relu", "stop_gradient"])
     binary = ["add", "sub", "mul", "div"] + ([] if smooth else ["maximum", "gt", "eq"])
@@ -209,7 +209,9 @@ def random_graphs(smooth: bool = False, dtypes=("f32", "f64"), max_ops: int = 12
             x = draw(st.sampled_from(pool))
             kind = draw(st.sampled_from(kinds))
             y = None
-            if kind == "unary":
+            if kind == "const":
+                y = b.const(draw(st.sampled_from([0.0, 1.0, 2.0, -0.5])), dtype)
+            elif kind == "unary":
                 name = draw(st.sampled_from(unary))
                 if name == "exp":
                     y = b.op("exp", b.op("tanh", x))
@@ -271,3 +273,13 @@ def random_inputs(graph, seed=0, B=3):
     r = np.random.default_rng(seed)
     return [r.standard_normal(tuple(B if d == "B" else d for d in v.type.shape)).astype(v.type.np_dtype)
             for v in graph.inputs]
+
+
+def with_scalar_loss(graph):
+    """A copy of the graph whose first output is the sum of its first output (a scalar loss)."""
+    from gradc.ir import Builder
+
+    graph = graph.clone()
+    loss = Builder(graph).wrap(graph.outputs[0]).sum()
+    graph.outputs = [loss.value] + graph.outputs
+    return graph

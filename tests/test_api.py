@@ -518,8 +518,20 @@ def bad_matmul(U, x):
 def test_shape_mismatch_inside_the_model_points_at_the_users_line():
     line = line_of(bad_matmul, "h = x @ U")
     with pytest.raises(gc.ShapeError, match=rf"^test_api\.py:{line}: matmul: inner dimensions differ: "
-                                            r"\(4, 5\) @ \(8, 5\) \(5 vs 8\)"):
+                                            r"\(4, 5\) @ \(8, 5\) \(5 vs 8\) \(operands %x: f64\[4,5\], "
+                                            r"%U: f64\[8,5\]\)$"):
         gc.grad(bad_matmul)(rand(8, 5), rand(4, 5))
+
+
+def test_wrong_argument_shape_without_annotations_names_the_argument():
+    U, V, x, y = seed_args()
+    line = line_of(models.seed_loss, "f = x @ U.T")
+    with pytest.raises(gc.ShapeError, match=rf"models\.py:{line}: matmul: inner dimensions differ.*\(4 vs 5\) "
+                                            r"\(operands %x: f64\[4,4\], f64\[5,8\]\)"):
+        gc.value_and_grad(models.seed_loss)(U, V, x[:, :4], y)
+    with pytest.raises(gc.ShapeError, match=r"sub: shapes \(4, 3\), \(4, 2\) do not broadcast \(operands "
+                                            r"f64\[4,3\], %y: f64\[4,2\]\)"):
+        gc.value_and_grad(models.seed_loss)(U, V, x, y[:, :2])
 
 
 def test_broadcast_mismatch_and_bad_axis_point_at_the_users_line():
@@ -535,7 +547,7 @@ def test_broadcast_mismatch_and_bad_axis_point_at_the_users_line():
 
 
 def test_mixed_dtypes_inside_the_model():
-    with pytest.raises(gc.ShapeError, match="dtypes f64 and f32 differ"):
+    with pytest.raises(gc.ShapeError, match=r"dtypes f64 and f32 differ.*\(operands %a: f64\[3\], %b: f32\[3\]\)"):
         gc.jit(lambda a, b: a * b)(rand(3), f32(3))
 
 

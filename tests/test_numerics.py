@@ -110,7 +110,7 @@ def _weights(shape, dtype, seed=0):
     return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype(dtype)
 
 
-# (value reference, gradient reference of loss(x, w) with respect to x), both float64
+# float64 references: (the value f(x), the gradient of loss(x, w) = sum(w * f(x)) with respect to x, the loss)
 REFERENCES = {
     "sigmoid": (np_sigmoid,
                 lambda x, w: w * np_sigmoid(x) * (1 - np_sigmoid(x)),
@@ -250,6 +250,23 @@ def test_unary_special_values_match_numpy(name, dtype):
         assert np.all(actual[zero] == 0)
         actual, expected, x = actual[~zero], expected[~zero], x[~zero]
     assert_same_special(actual, expected, dtype, name)
+
+
+def _power(exponent):
+    return gc.jit(lambda x: x ** exponent)
+
+
+POW = {e: _power(e) for e in (2.0, 3.0, -1.0, -2.0, 0.5, -0.5, 1.5, -2.5, 1 / 3, -0.7, 0.0)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("exponent", list(POW), ids=[f"{e:.3g}" for e in POW])
+def test_pow_special_values_match_numpy(exponent, dtype):
+    """NaN, ±0 (the sign of an odd power, +0 / +inf otherwise), ±inf and negative bases."""
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 4.0, -2.0, 0.5], dtype)
+    with np.errstate(all="ignore"):
+        expected = np.power(x, dtype(exponent))
+    assert_same_special(POW[exponent](x), expected, dtype, f"x ** {exponent}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

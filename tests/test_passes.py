@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import gradc as gc
 import models
 from gradc.ir import Builder, Graph, Op, TensorType, Value, VerificationError, interpret, parse, verify
 from gradc.ir.passes import (PASSES, SIMPLIFICATION, Autodiff, CommonSubexpressionElimination,
@@ -101,7 +100,7 @@ def test_random_graphs_every_pass_preserves_results(graph):
 @SETTINGS
 @given(models.random_graphs())
 def test_random_graphs_autodiff_keeps_forward_and_optimizes_safely(graph):
-    loss_graph = with_scalar_loss(graph)
+    loss_graph = models.with_scalar_loss(graph)
     args = models.random_inputs(loss_graph, seed=1)
     wrt = list(range(len(loss_graph.inputs)))
     grad = check_forward_kept(loss_graph, wrt, args)
@@ -113,7 +112,7 @@ def test_random_graphs_autodiff_keeps_forward_and_optimizes_safely(graph):
 @settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(models.random_graphs(smooth=True, dtypes=("f64",), max_ops=8))
 def test_random_smooth_graphs_autodiff_matches_finite_differences(graph):
-    loss_graph = with_scalar_loss(graph)
+    loss_graph = models.with_scalar_loss(graph)
     args = models.random_inputs(loss_graph, seed=2)
     wrt = list(range(len(loss_graph.inputs)))
     grad = optimize(check_forward_kept(loss_graph, wrt, args))
@@ -123,15 +122,6 @@ def test_random_smooth_graphs_autodiff_matches_finite_differences(graph):
         assert g.shape == args[i].shape
         np.testing.assert_allclose(g, models.finite_difference(forward, args, i, eps=1e-6),
                                    rtol=1e-5, atol=1e-6)
-
-
-def with_scalar_loss(graph: Graph) -> Graph:
-    """A copy of the graph whose first output is the sum of its first output (a scalar loss)."""
-    graph = graph.clone()
-    b = Builder(graph)
-    loss = b.wrap(graph.outputs[0]).sum()
-    graph.outputs = [loss.value] + graph.outputs
-    return graph
 
 
 def check_forward_kept(graph: Graph, wrt, args) -> Graph:

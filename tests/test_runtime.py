@@ -277,7 +277,7 @@ def test_native_rejects_what_the_interpreter_rejects():
 @given(models.random_graphs(), st.sampled_from([1, 3, 0]))
 def test_random_graphs_native_matches_interpreter(graph, batch):
     from gradc.backends.jit import NativeFunction
-    from gradc.ir.passes import optimize
+    from gradc.ir.passes import Autodiff, optimize, run_passes
 
     args = models.random_inputs(graph, B=batch)
     try:
@@ -286,7 +286,10 @@ def test_random_graphs_native_matches_interpreter(graph, batch):
         assert batch == 0
         NativeFunction(graph)(*args)
         return
-    for g in (graph, optimize(graph)):
+    loss_graph = models.with_scalar_loss(graph)
+    grad = run_passes(loss_graph, [Autodiff(list(range(len(graph.inputs))))])
+    for g, reference in ((graph, graph), (optimize(graph), graph), (optimize(grad), grad)):
+        expected = gc.ir.interpret(reference, *args)
         got = NativeFunction(g)(*args)
         assert len(got) == len(expected)
         for a, e in zip(got, expected):

@@ -34,8 +34,10 @@ def test_seed_gradient_formulas_in_the_same_precision(dtype):
     dh = 2 * (h - y) / h.size
     dV, dU = dh.T @ g, ((dh @ V) * g * (1 - g)).T @ x
     _, (gU, gV) = gc.value_and_grad(models.seed_loss, wrt=("U", "V"))(U, V, x, y)
-    np.testing.assert_allclose(gU, dU, **TOL[dtype] if dtype == np.float32 else dict(rtol=1e-9))
-    np.testing.assert_allclose(gV, dV, **TOL[dtype] if dtype == np.float32 else dict(rtol=1e-9))
+    assert gU.dtype == gV.dtype == dV.dtype == dtype
+    tol = TOL[np.float32] if dtype == np.float32 else dict(rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(gU, dU, **tol)
+    np.testing.assert_allclose(gV, dV, **tol)
 
 
 def test_seed_annotated_symbolic_batch_compiles_once():

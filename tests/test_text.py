@@ -223,7 +223,8 @@ def filecheck(checks: list[tuple[str, str]], output: str) -> None:
             continue
         if kind == "CHECK-SAME":
             found = output.find(pattern, pos, line_end)
-            assert found >= 0, f"CHECK-SAME: {pattern!r} not on the line {output[output.rfind(chr(10), 0, pos) + 1:line_end]!r}"
+            line = output[output.rfind("\n", 0, pos) + 1:line_end]
+            assert found >= 0, f"CHECK-SAME: {pattern!r} not on the line {line!r}"
         else:
             found = len(output) if kind == "END" else output.find(pattern, pos)
             assert found >= 0, f"CHECK: {pattern!r} not found after offset {pos} in:\n{output}"
@@ -235,7 +236,8 @@ def filecheck(checks: list[tuple[str, str]], output: str) -> None:
 
 
 def read_checks(text: str) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^# ((?:IMPLICIT-)?CHECK(?:-NOT|-SAME)?): (.*)$", text, re.M)]
+    directive = r"^# ((?:IMPLICIT-)?CHECK(?:-NOT|-SAME)?): (.*)$"
+    return [(m.group(1), m.group(2)) for m in re.finditer(directive, text, re.M)]
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.gir")), ids=lambda p: p.stem)

@@ -1,0 +1,494 @@
+"""A register-blocked matrix multiply emitted as LLVM IR, with a per-tile epilogue callback.
+
+`emit_gemm` computes C = op(A) @ op(B) inside a function being built (a `FunctionBuilder`), for
+run-time sizes M, N, K. C never exists as a whole: each MR x NR output tile is accumulated over all
+of K in vector registers, stored into a small tile buffer, and handed to the caller's `epilogue`,
+which emits whatever it wants (store into the real output, fuse a bias and a sigmoid, reduce...).
+The epilogue's IR is emitted exactly once per `emit_gemm` call.
+
+Design (measured in the project's notes, `shared/notes/gemm.md`):
+- micro-kernel MR x NR = 6 rows x 4 vectors (`<16 x float>` / `<8 x double>` with AVX-512,
+  `<8 x float>` / `<4 x double>` with AVX2 only): 24 accumulators carried as phi nodes across the
+  whole K loop (unrolled x4, then a remainder loop), explicit `llvm.fma` vector calls; per k it
+  loads NR/VW vectors of packed B and broadcasts MR scalars of A;
+- A is read in place (never packed): row r of a tile is read through its own pointer, with row
+  indices clamped to M-1 on the last, partial tile so nothing past A is ever read. A transposed A
+  (stored K x M) is read with stride M along k; the six elements for one k are then adjacent;
+- B is packed into NR-wide, k-major panels (zero padded on the right), read strided when B is
+  transposed (stored N x K). A panel is packed right before its first use (during the first
+  MC block), so it is still in cache when the micro-kernel streams it;
+- blocking: jc over NC columns -> ic over MC rows -> jr over NR-wide panels -> ir over MR rows.
+  K is never blocked, so the epilogue runs once per tile, on finished values;
+- the last panel of a column block may be narrower than NR: it is packed with a stride of
+  ceil(cols / VW) vectors and multiplied by a narrower micro-kernel variant (1..3 vectors).
+
+Threading later: `emit_gemm_range` computes only the columns [n_begin, n_end) of C; splitting N at
+multiples of NR across threads gives each thread its own panels. Each thread then needs its own
+`pack` region of `pack_elements(K, N)` elements (with N the width of its range).
+
+Only alignment that is provable is claimed: the tile buffer is a 64-byte aligned alloca; the pack
+region is realigned to 64 bytes at run time (that is what `pack_elements`' slack pays for) but
+its loads and stores claim only element alignment; A, B and C are accessed with element alignment.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from llvmlite import ir
+
+from gradc.backends.codegen import FunctionBuilder
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+
+NUW_NSW = ("nuw", "nsw")
+PACK_ALIGN = 64          # bytes; the pack region is realigned to this at run time
+PACK_SLACK = 16          # extra elements per packed k row (>= PACK_ALIGN bytes for f32 and f64)
+
+Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value, int], None]
+
+
+@functools.lru_cache(maxsize=1)
+def host_vector_bytes() -> int:
+    """64 with AVX-512F, 32 with AVX2 (or anything less: 32-byte vectors are then split by LLVM)."""
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    return 64 if features.get("avx512f", False) else 32
+
+
+def _elem_bytes(fty: ir.Type) -> int:
+    if isinstance(fty, ir.FloatType):
+        return 4
+    if isinstance(fty, ir.DoubleType):
+        return 8
+    raise TypeError(f"gemm: unsupported element type {fty}")
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Blocking parameters. `nc`, `mc` are rounded to multiples of NR and MR."""
+
+    mr: int = 6                 # rows of the micro-kernel
+    nvec: int = 4               # vectors per row of the micro-kernel (NR = nvec * VW)
+    vector_bytes: int = 0       # 0: the host's (64 with AVX-512, else 32)
+    nc: int = 1024              # columns of B packed per block (elements)
+    mc: int = 72                # rows of A per block
+    unroll: int = 4             # K-loop unroll factor (a power of 2)
+
+    def resolved(self) -> GemmConfig:
+        return self if self.vector_bytes else replace(self, vector_bytes=host_vector_bytes())
+
+    def vw(self, fty: ir.Type) -> int:
+        return self.resolved().vector_bytes // _elem_bytes(fty)
+
+    def nr(self, fty: ir.Type) -> int:
+        return self.nvec * self.vw(fty)
+
+
+DEFAULT_CONFIG = GemmConfig()
+
+
+def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None) -> tuple:
+    """Size of the `pack` scratch emit_gemm needs, in elements of the GEMM's float type, as factors.
+
+    The caller multiplies the factors (ints, or the dims K and N as given, e.g. symbol names) at run
+    time. The result is (K, W) with W a Python int: the packed width of one column block (NC, or N
+    rounded up to NR when N is a known int smaller than that) plus PACK_SLACK elements per k row,
+    which is room to realign the region to 64 bytes. It is an upper bound valid for f32 and f64 and
+    any vector width (NR is taken as the widest one, f32 with 64-byte vectors). The region needs no
+    particular alignment. Pass the same `config` as to emit_gemm if it is not the default.
+    """
+    cfg = config or DEFAULT_CONFIG
+    nr_max = cfg.nvec * max(cfg.vector_bytes, 64) // 4
+    if isinstance(N, int):
+        width = min(cfg.nc, -(-max(N, 1) // nr_max) * nr_max)
+    else:
+        width = cfg.nc
+    return (K, max(width, nr_max) + PACK_SLACK)
+
+
+# -- small IR helpers --------------------------------------------------------------------------------
+
+def _const(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _for(fb: FunctionBuilder, start: ir.Value, stop: ir.Value, step: int,
+         body: Callable[[ir.Value], None], name: str) -> None:
+    """for (i = start; i < stop; i += step) body(i)."""
+    b = fb.b
+    pre = b.block
+    header = fb.fn.append_basic_block(f"{name}.header")
+    inner = fb.fn.append_basic_block(f"{name}.body")
+    done = fb.fn.append_basic_block(f"{name}.done")
+    b.branch(header)
+    b.position_at_end(header)
+    i = b.phi(I64, name=name)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), inner, done)
+    b.position_at_end(inner)
+    body(i)
+    i.add_incoming(b.add(i, _const(step), flags=NUW_NSW), b.block)
+    b.branch(header)
+    b.position_at_end(done)
+
+
+def _if(fb: FunctionBuilder, cond: ir.Value, then: Callable[[], None], name: str) -> None:
+    b = fb.b
+    yes = fb.fn.append_basic_block(f"{name}.then")
+    join = fb.fn.append_basic_block(f"{name}.join")
+    b.cbranch(cond, yes, join)
+    b.position_at_end(yes)
+    then()
+    b.branch(join)
+    b.position_at_end(join)
+
+
+def _ptr(b: ir.IRBuilder, base: ir.Value, offset: ir.Value, ty: ir.Type) -> ir.Value:
+    """Address of base[offset] (element type of base), as a pointer to ty."""
+    p = b.gep(base, [offset], inbounds=True)
+    return p if p.type == ty.as_pointer() else b.bitcast(p, ty.as_pointer())
+
+
+def _fma(module: ir.Module, vty: ir.VectorType) -> ir.Function:
+    # declared by hand: llvmlite's declare_intrinsic needs `intrinsic_name`, which VectorType lacks
+    name = f"llvm.fma.v{vty.count}{vty.element.intrinsic_name}"
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(vty, [vty, vty, vty]), name)
+
+
+def _masked_load(module: ir.Module, vty: ir.VectorType) -> ir.Function:
+    # The pre-LLVM-22 signature with an explicit i32 alignment: LLVM 22 auto-upgrades it (to an
+    # `align` parameter attribute) and older LLVMs take it as is.
+    name = f"llvm.masked.load.v{vty.count}{vty.element.intrinsic_name}.p0"
+    if name in module.globals:
+        return module.globals[name]
+    mask = ir.VectorType(I1, vty.count)
+    fnty = ir.FunctionType(vty, [ir.IntType(8).as_pointer(), I32, mask, vty])
+    return ir.Function(module, fnty, name)
+
+
+def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
+    undef = ir.Constant(vty, ir.Undefined)
+    v = b.insert_element(undef, x, ir.Constant(I32, 0))
+    return b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+
+# -- the GEMM --------------------------------------------------------------------------------------
+
+class _Gemm:
+    def __init__(self, fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value,
+                 M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
+                 pack: ir.Value, epilogue: Epilogue, config: GemmConfig | None) -> None:
+        cfg = (config or DEFAULT_CONFIG).resolved()
+        self.fb, self.fty, self.cfg = fb, fty, cfg
+        self.ta, self.tb = transpose_a, transpose_b
+        self.M, self.N, self.K = M, N, K
+        self.esize = _elem_bytes(fty)
+        self.vw = cfg.vector_bytes // self.esize
+        self.mr, self.nv = cfg.mr, cfg.nvec
+        self.nr = self.nv * self.vw
+        self.nc = max(self.nr, cfg.nc // self.nr * self.nr)
+        self.mc = max(self.mr, cfg.mc // self.mr * self.mr)
+        assert cfg.unroll >= 1 and cfg.unroll & (cfg.unroll - 1) == 0, "unroll must be a power of 2"
+        self.vty = ir.VectorType(fty, self.vw)
+        self.epilogue = epilogue
+        bld = fb.b
+        pty = fty.as_pointer()
+        self.a = bld.bitcast(a, pty) if a.type != pty else a
+        self.b = bld.bitcast(b, pty) if b.type != pty else b
+        # the pack region, realigned to PACK_ALIGN bytes with a GEP (never int->ptr)
+        raw = bld.bitcast(pack, I8.as_pointer())
+        mis = bld.and_(bld.sub(_const(0), bld.ptrtoint(raw, I64)), _const(PACK_ALIGN - 1))
+        self.pack = bld.bitcast(bld.gep(raw, [mis], inbounds=True), pty)
+        tile = fb.entry_alloca(ir.ArrayType(fty, self.mr * self.nr), "gemm.tile")
+        tile.align = 64
+        self.tile = bld.bitcast(tile, pty)
+
+    # -- packing B ---------------------------------------------------------------------------------
+    def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value) -> None:
+        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, 0 for cols <= j < nrp = nvec*VW."""
+        if self.tb:
+            self._pack_panel_transposed(dst, j0, cols, nvec)
+        else:
+            self._pack_panel_rows(dst, j0, cols, nvec)
+
+    def _pack_panel_rows(self, dst, j0, cols, nvec) -> None:
+        fb, bld, vty = self.fb, self.fb.b, self.vty
+        full = bld.icmp_signed("==", cols, _const(self.nr))
+        yes = fb.fn.append_basic_block("pack.full")
+        edge = fb.fn.append_basic_block("pack.edge")
+        join = fb.fn.append_basic_block("pack.join")
+        bld.cbranch(full, yes, edge)
+
+        bld.position_at_end(yes)
+
+        def row_full(k):
+            src = bld.add(bld.mul(k, self.N, flags=NUW_NSW), j0, flags=NUW_NSW)
+            out = bld.mul(k, _const(self.nr), flags=NUW_NSW)
+            for v in range(self.nv):
+                x = bld.load(_ptr(bld, self.b, bld.add(src, _const(v * self.vw), flags=NUW_NSW), vty),
+                             align=self.esize)
+                bld.store(x, _ptr(bld, dst, bld.add(out, _const(v * self.vw), flags=NUW_NSW), vty),
+                          align=self.esize)
+        _for(fb, _const(0), self.K, 1, row_full, "pack.k")
+        bld.branch(join)
+
+        bld.position_at_end(edge)
+        nrp = bld.mul(nvec, _const(self.vw), flags=NUW_NSW)
+        lanes = ir.Constant(ir.VectorType(I64, self.vw), list(range(self.vw)))
+        masked_load = _masked_load(fb.fn.module, vty)
+        zero = ir.Constant(vty, None)
+
+        def row_edge(k):
+            src = bld.add(bld.mul(k, self.N, flags=NUW_NSW), j0, flags=NUW_NSW)
+            out = bld.mul(k, nrp, flags=NUW_NSW)
+
+            def vec(v):
+                first = bld.mul(v, _const(self.vw), flags=NUW_NSW)
+                left = bld.sub(cols, first)  # > 0 for every v < nvec
+                mask = bld.icmp_signed("<", lanes, _splat(bld, left, ir.VectorType(I64, self.vw)))
+                p = bld.bitcast(bld.gep(self.b, [bld.add(src, first, flags=NUW_NSW)], inbounds=True),
+                                I8.as_pointer())
+                x = bld.call(masked_load, [p, ir.Constant(I32, self.esize), mask, zero])
+                bld.store(x, _ptr(bld, dst, bld.add(out, first, flags=NUW_NSW), vty), align=self.esize)
+            _for(fb, _const(0), nvec, 1, vec, "pack.v")
+        _for(fb, _const(0), self.K, 1, row_edge, "pack.ke")
+        bld.branch(join)
+        bld.position_at_end(join)
+
+    def _pack_panel_transposed(self, dst, j0, cols, nvec) -> None:
+        """B stored N x K: op(B)[k, j] = b[j*K + k]. Rows of B are read contiguously along k."""
+        fb, bld, fty = self.fb, self.fb.b, self.fty
+        nrp = bld.mul(nvec, _const(self.vw), flags=NUW_NSW)
+
+        def column(j):
+            src = bld.mul(bld.add(j0, j, flags=NUW_NSW), self.K, flags=NUW_NSW)
+
+            def elem(k):
+                x = bld.load(_ptr(bld, self.b, bld.add(src, k, flags=NUW_NSW), fty))
+                bld.store(x, _ptr(bld, dst, bld.add(bld.mul(k, nrp, flags=NUW_NSW), j, flags=NUW_NSW), fty))
+            _for(fb, _const(0), self.K, 1, elem, "packt.k")
+        _for(fb, _const(0), cols, 1, column, "packt.j")
+
+        def zero_column(j):
+            def elem(k):
+                bld.store(ir.Constant(fty, 0.0),
+                          _ptr(bld, dst, bld.add(bld.mul(k, nrp, flags=NUW_NSW), j, flags=NUW_NSW), fty))
+            _for(fb, _const(0), self.K, 1, elem, "packt.zk")
+        _for(fb, cols, nrp, 1, zero_column, "packt.z")
+
+    # -- micro-kernel ------------------------------------------------------------------------------
+    def microkernel(self, nvec: int, rows: list[ir.Value], panel: ir.Value) -> None:
+        """tile[r*NR + v*VW ...] = sum_k A(row r, k) * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
+        fb, bld, vty, K = self.fb, self.fb.b, self.vty, self.K
+        mr, vw, U = self.mr, self.vw, self.cfg.unroll
+        nrp = nvec * vw
+        fma = _fma(fb.fn.module, vty)
+        zero = ir.Constant(vty, None)
+        kstep = self.M if self.ta else None
+
+        def step(kk, accs):
+            bv = [bld.load(_ptr(bld, panel, bld.add(bld.mul(kk, _const(nrp), flags=NUW_NSW),
+                                                    _const(v * vw), flags=NUW_NSW), vty),
+                           align=self.esize) for v in range(nvec)]
+            aoff = kk if kstep is None else bld.mul(kk, kstep, flags=NUW_NSW)
+            out = []
+            for r in range(mr):
+                s = _splat(bld, bld.load(_ptr(bld, rows[r], aoff, self.fty)), vty)
+                out.append([bld.call(fma, [s, bv[v], accs[r][v]]) for v in range(nvec)])
+            return out
+
+        pre = bld.block
+        header = fb.fn.append_basic_block("mk.header")
+        body = fb.fn.append_basic_block("mk.body")
+        rheader = fb.fn.append_basic_block("mk.rem.header")
+        rbody = fb.fn.append_basic_block("mk.rem.body")
+        done = fb.fn.append_basic_block("mk.done")
+        kmain = bld.and_(K, _const(-U))
+        bld.branch(header)
+
+        bld.position_at_end(header)
+        k = bld.phi(I64, name="k")
+        k.add_incoming(_const(0), pre)
+        accs = [[bld.phi(vty, name=f"acc{r}.{v}") for v in range(nvec)] for r in range(mr)]
+        for row in accs:
+            for phi in row:
+                phi.add_incoming(zero, pre)
+        bld.cbranch(bld.icmp_signed("<", k, kmain), body, rheader)
+
+        bld.position_at_end(body)
+        cur = accs
+        for u in range(U):
+            cur = step(k if u == 0 else bld.add(k, _const(u), flags=NUW_NSW), cur)
+        k.add_incoming(bld.add(k, _const(U), flags=NUW_NSW), bld.block)
+        for r in range(mr):
+            for v in range(nvec):
+                accs[r][v].add_incoming(cur[r][v], bld.block)
+        bld.branch(header)
+
+        bld.position_at_end(rheader)
+        k2 = bld.phi(I64, name="k.rem")
+        k2.add_incoming(k, header)
+        accs2 = [[bld.phi(vty, name=f"acc{r}.{v}.rem") for v in range(nvec)] for r in range(mr)]
+        for r in range(mr):
+            for v in range(nvec):
+                accs2[r][v].add_incoming(accs[r][v], header)
+        bld.cbranch(bld.icmp_signed("<", k2, K), rbody, done)
+
+        bld.position_at_end(rbody)
+        cur = step(k2, accs2)
+        k2.add_incoming(bld.add(k2, _const(1), flags=NUW_NSW), bld.block)
+        for r in range(mr):
+            for v in range(nvec):
+                accs2[r][v].add_incoming(cur[r][v], bld.block)
+        bld.branch(rheader)
+
+        bld.position_at_end(done)
+        for r in range(mr):
+            for v in range(nvec):
+                bld.store(accs2[r][v], _ptr(bld, self.tile, _const(r * self.nr + v * vw), vty),
+                          align=min(64, self.vw * self.esize))
+
+    def row_pointers(self, i0: ir.Value, rows: ir.Value) -> list[ir.Value]:
+        """Pointers to A(i0 + r, 0) for r < MR, rows past the last clamped to row i0 + rows - 1."""
+        bld = self.fb.b
+        last = bld.sub(rows, _const(1))
+        out = []
+        for r in range(self.mr):
+            i = bld.add(i0, _min(bld, _const(r), last), flags=NUW_NSW) if r else i0
+            off = i if self.ta else bld.mul(i, self.K, flags=NUW_NSW)
+            out.append(bld.gep(self.a, [off], inbounds=True))
+        return out
+
+    # -- blocking ----------------------------------------------------------------------------------
+    def emit_range(self, n_begin: ir.Value, n_end: ir.Value) -> None:
+        fb, bld = self.fb, self.fb.b
+        fn = fb.fn
+        # one shared join block after the kernel variants, where the epilogue is emitted once
+        join = fn.append_basic_block("gemm.tile.join")
+        after = fn.append_basic_block("gemm.tile.after")
+        state: dict = {}
+
+        def column_block(jc):
+            nc = _min(bld, _const(self.nc), bld.sub(n_end, jc))
+
+            def row_block(ic):
+                mc = _min(bld, _const(self.mc), bld.sub(self.M, ic))
+                first = bld.icmp_signed("==", ic, _const(0))
+
+                def panel(jr):
+                    cols = _min(bld, _const(self.nr), bld.sub(nc, jr))
+                    nvec = bld.udiv(bld.add(cols, _const(self.vw - 1)), _const(self.vw))
+                    dst = bld.gep(self.pack, [bld.mul(jr, self.K, flags=NUW_NSW)], inbounds=True)
+                    j0 = bld.add(jc, jr, flags=NUW_NSW)
+                    _if(fb, first, lambda: self.pack_panel(dst, j0, cols, nvec), "pack")
+
+                    def tile(ir_):
+                        i0 = bld.add(ic, ir_, flags=NUW_NSW)
+                        rows = _min(bld, _const(self.mr), bld.sub(mc, ir_))
+                        ptrs = self.row_pointers(i0, rows)
+                        variants = {v: fn.append_basic_block(f"mk{v}") for v in range(1, self.nv + 1)}
+                        sw = bld.switch(nvec, variants[self.nv])
+                        for v in range(1, self.nv):
+                            sw.add_case(ir.Constant(I64, v), variants[v])
+                        for v, block in variants.items():
+                            bld.position_at_end(block)
+                            self.microkernel(v, ptrs, dst)
+                            bld.branch(join)
+                        state["args"] = (i0, j0, rows, cols)
+                        state["from"] = bld.block
+                        # the loop latch continues from `after`
+                        bld.position_at_end(after)
+                    _for(fb, _const(0), mc, self.mr, tile, "gemm.ir")
+                _for(fb, _const(0), nc, self.nr, panel, "gemm.jr")
+            _for(fb, _const(0), self.M, self.mc, row_block, "gemm.ic")
+        _for(fb, n_begin, n_end, self.nc, column_block, "gemm.jc")
+
+        end = bld.block
+        # the epilogue block: values defined in the tile loop body dominate it (join is reached only
+        # from the kernel variants of that body)
+        bld.position_at_end(join)
+        self.epilogue(*state["args"], self.tile, self.nr)
+        bld.branch(after)
+        bld.position_at_end(end)
+
+
+def emit_gemm_range(fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, M: ir.Value,
+                    N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool, pack: ir.Value,
+                    epilogue: Epilogue, n_begin: ir.Value, n_end: ir.Value, *,
+                    config: GemmConfig | None = None) -> None:
+    """emit_gemm for the output columns [n_begin, n_end) only (0 <= n_begin <= n_end <= N).
+
+    Ranges split at multiples of NR keep every panel full; `pack` must be private to the range.
+    """
+    _Gemm(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue, config).emit_range(n_begin, n_end)
+
+
+def emit_gemm(fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, M: ir.Value, N: ir.Value,
+              K: ir.Value, transpose_a: bool, transpose_b: bool, pack: ir.Value, epilogue: Epilogue, *,
+              config: GemmConfig | None = None) -> None:
+    """Emit C = op(A) @ op(B) at fb.b's position; see the module docstring.
+
+    a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); M, N, K: i64 values;
+    pack: scratch of pack_elements(K, N) elements of fty. For every MR x NR tile of C (in no
+    particular order), once it is complete, the IR emitted by
+    `epilogue(i0, j0, rows, cols, tile, row_stride)` runs: tile[r*row_stride + c] holds
+    C[i0 + r, j0 + c] for r < rows <= MR, c < cols <= NR (i64 values; tile is an fty pointer).
+    """
+    emit_gemm_range(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue,
+                    ir.Constant(I64, 0), N, config=config)
+
+
+def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a: bool, transpose_b: bool,
+                         transform: Callable[[ir.IRBuilder, ir.Value], ir.Value] | None = None, *,
+                         config: GemmConfig | None = None) -> ir.Function:
+    """`void name(ptr c, ptr a, ptr b, ptr pack, i64 M, i64 N, i64 K)`: c = transform(op(a) @ op(b)).
+
+    c is M x N row-major; pack holds pack_elements(K, N) elements. For tests and benchmarks: the
+    GEMM is emitted into an internal FunctionBuilder function (dims read from a 3-element array)
+    that the external wrapper calls (and O3 inlines).
+    """
+    fb = FunctionBuilder(module, f"{name}.body", ["c", "a", "b", "pack"], {"M": 0, "N": 1, "K": 2})
+    c, a, b, pack = fb.buffers
+    M, N, K = fb.size(["M"]), fb.size(["N"]), fb.size(["K"])
+    bld = fb.b
+
+    def epilogue(i0, j0, rows, cols, tile, stride):
+        def row(r):
+            base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
+            tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
+
+            def col(cc):
+                x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
+                if transform is not None:
+                    x = transform(bld, x)
+                bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
+            fb.loop(cols, col, "epi.c")
+        fb.loop(rows, row, "epi.r")
+
+    emit_gemm(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue, config=config)
+    bld.ret_void()
+
+    ptr = I8.as_pointer()
+    outer = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 4 + [I64] * 3), name)
+    for arg, n in zip(outer.args, ["c", "a", "b", "pack", "M", "N", "K"]):
+        arg.name = n
+    for arg in outer.args[:4]:
+        arg.add_attribute("noalias")
+    ob = ir.IRBuilder(outer.append_basic_block("entry"))
+    dims = ob.alloca(ir.ArrayType(I64, 3), name="dims")
+    for i, v in enumerate(outer.args[4:]):
+        ob.store(v, ob.gep(dims, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
+    ob.call(fb.fn, list(outer.args[:4]) + [ob.bitcast(dims, ptr)])
+    ob.ret_void()
+    return outer

@@ -1,0 +1,205 @@
+"""The emitted GEMM (backends/gemm.py) against numpy: dtypes, transposes, awkward and blocked sizes.
+
+Every variant is a standalone `gemm(c, a, b, pack, M, N, K)` (see `emit_standalone_gemm`); all of
+them live in one module, optimized at O3 and JIT-compiled once. Operands, output and pack region
+sit right before an inaccessible guard page (and the pack region starts unaligned), so reading or
+writing past the end of any of them crashes the test instead of passing silently.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import mmap
+import re
+
+import numpy as np
+import pytest
+from llvmlite import ir
+import llvmlite.binding as llvm
+
+from gradc.backends.gemm import GemmConfig, emit_standalone_gemm, host_vector_bytes, pack_elements
+from gradc.backends.jit import host_target_machine, optimize_module
+
+F32, F64 = ir.FloatType(), ir.DoubleType()
+DTYPES = {"f32": (F32, np.float32), "f64": (F64, np.float64)}
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+# small blocks: several column blocks, row blocks and narrow last panels even on small problems
+SMALL_BLOCKS = GemmConfig(nc=128, mc=12)
+AVX2_WIDTH = GemmConfig(vector_bytes=32)   # the AVX2 shape (runs on AVX-512 hosts too)
+
+
+def affine(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """x*2 + 1: an epilogue transform that shows up in every element of C exactly once."""
+    return b.fadd(b.fmul(x, ir.Constant(x.type, 2.0)), ir.Constant(x.type, 1.0))
+
+
+VARIANTS = {}   # name -> (dtype name, transpose_a, transpose_b, transform, config)
+for _d in DTYPES:
+    for _ta, _tb in TRANSPOSES:
+        VARIANTS[f"{_d}_{int(_ta)}{int(_tb)}"] = (_d, _ta, _tb, None, None)
+        VARIANTS[f"{_d}_{int(_ta)}{int(_tb)}_small"] = (_d, _ta, _tb, None, SMALL_BLOCKS)
+    VARIANTS[f"{_d}_00_affine"] = (_d, False, False, affine, None)
+    VARIANTS[f"{_d}_11_avx2"] = (_d, True, True, None, AVX2_WIDTH)
+VARIANTS["f32_00_avx2"] = ("f32", False, False, None, AVX2_WIDTH)
+
+
+class Compiled:
+    def __init__(self) -> None:
+        tm = host_target_machine()
+        module = ir.Module("test_gemm")
+        module.triple, module.data_layout = tm.triple, str(tm.target_data)
+        for name, (d, ta, tb, transform, config) in VARIANTS.items():
+            emit_standalone_gemm(module, name, DTYPES[d][0], ta, tb, transform, config=config)
+        self.unoptimized = str(module)
+        ref = llvm.parse_assembly(self.unoptimized)
+        ref.verify()
+        optimize_module(ref, tm)
+        self.optimized = str(ref)
+        self.engine = llvm.create_mcjit_compiler(ref, tm)
+        self.engine.finalize_object()
+        proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, *[ctypes.c_int64] * 3)
+        self.fns = {name: proto(self.engine.get_function_address(name)) for name in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    return Compiled()
+
+
+class Guarded:
+    """Arrays placed to end right at an inaccessible page (and `shift` bytes past a page start)."""
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+    def __init__(self) -> None:
+        self.maps = []
+
+    def array(self, shape, dtype, misalign: int | None = None) -> np.ndarray:
+        """With `misalign`, the array starts `misalign` bytes past a 64-byte boundary and ends up to
+        63 bytes before the guard page; otherwise it ends right at the guard page."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        page = mmap.PAGESIZE
+        gap = 0 if misalign is None else (page - nbytes - misalign) % 64
+        data_pages = max(1, -(-(nbytes + gap) // page))
+        mm = mmap.mmap(-1, (data_pages + 1) * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        if self._libc.mprotect(base + data_pages * page, page, 0) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect")
+        self.maps.append(mm)
+        offset = data_pages * page - nbytes - gap
+        return np.frombuffer(mm, dtype, int(np.prod(shape)), offset).reshape(shape)
+
+
+def run(compiled: Compiled, name: str, M: int, N: int, K: int, seed: int = 0, guarded: bool = True):
+    d, ta, tb, transform, config = VARIANTS[name]
+    dtype = DTYPES[d][1]
+    rng = np.random.default_rng(seed)
+    g = Guarded() if guarded else None
+    alloc = (lambda shape: g.array(shape, dtype)) if guarded else (lambda shape: np.empty(shape, dtype))
+    a = alloc((K, M) if ta else (M, K))
+    b = alloc((N, K) if tb else (K, N))
+    a[...] = rng.standard_normal(a.shape)
+    b[...] = rng.standard_normal(b.shape)
+    c = alloc((M, N))
+    c[...] = np.nan
+    # the pack region starts one element past a 64-byte boundary: emit_gemm realigns it itself
+    size = int(np.prod(pack_elements(K, N, config)))
+    isize = np.dtype(dtype).itemsize
+    if guarded:
+        pack_address = g.array((size,), dtype, misalign=isize).ctypes.data
+    else:
+        raw = np.empty(size * isize + 128, np.uint8)
+        pack_address = (raw.ctypes.data + 63) // 64 * 64 + isize
+    compiled.fns[name](c.ctypes.data, a.ctypes.data, b.ctypes.data, pack_address, M, N, K)
+    x = a.T if ta else a
+    y = b.T if tb else b
+    ref = x.astype(np.float64) @ y.astype(np.float64)
+    if transform is not None:
+        ref = ref * 2 + 1
+    return c, ref, x, y
+
+
+def check(c: np.ndarray, ref: np.ndarray, K: int, dtype) -> None:
+    assert not np.isnan(c).any(), "some elements of C were never written"
+    eps = np.finfo(dtype).eps
+    tol = 4 * eps * max(K, 1) ** 0.5 * 8 + eps * 8
+    scale = np.maximum(np.abs(ref), 1.0) if K == 0 else max(1.0, float(np.abs(ref).max()))
+    err = np.abs(c.astype(np.float64) - ref) / scale
+    assert float(err.max(initial=0.0)) <= tol, f"max relative error {err.max():.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "_small" not in n])
+def test_tiny_and_prime_sizes(compiled, name):
+    dtype = DTYPES[VARIANTS[name][0]][1]
+    for M, N, K in [(1, 1, 1), (7, 13, 29), (6, 64, 4), (5, 65, 3), (13, 7, 1), (1, 200, 9), (200, 1, 9),
+                    (31, 37, 41), (67, 129, 2), (12, 128, 100)]:
+        c, ref, _, _ = run(compiled, name, M, N, K, seed=M * 1000 + N + K)
+        check(c, ref, K, dtype)
+
+
+def test_all_sizes_up_to_17(compiled):
+    for M, N, K in itertools.product(range(1, 18), repeat=3):
+        name = ["f32_00", "f32_10", "f32_01", "f32_11", "f64_00", "f64_11"][(M + 2 * N + 3 * K) % 6]
+        c, ref, _, _ = run(compiled, name, M, N, K, seed=M * 400 + N * 20 + K, guarded=(M + N + K) % 5 == 0)
+        check(c, ref, K, DTYPES[name[:3]][1])
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "_small" in n])
+def test_several_blocks(compiled, name):
+    """nc=128, mc=12: several column blocks, row blocks, narrow last panels and clamped rows."""
+    dtype = DTYPES[VARIANTS[name][0]][1]
+    for M, N, K in [(25, 300, 17), (12, 128, 5), (13, 129, 64), (73, 257, 3), (37, 191, 33)]:
+        c, ref, _, _ = run(compiled, name, M, N, K, seed=M + N + K)
+        check(c, ref, K, dtype)
+
+
+@pytest.mark.parametrize("name", ["f32_00", "f64_11", "f32_00_affine", "f32_11_small"])
+def test_k_zero_gives_zeros(compiled, name):
+    c, ref, _, _ = run(compiled, name, 9, 70, 0)
+    expected = 1.0 if VARIANTS[name][3] is not None else 0.0
+    assert np.all(c == expected)
+    for M, N in [(0, 5), (5, 0), (0, 0)]:
+        c, ref, _, _ = run(compiled, name, M, N, 3)
+        assert c.shape == (M, N)
+
+
+@pytest.mark.parametrize("name", ["f32_00", "f32_10", "f32_01", "f32_11", "f64_00", "f32_00_affine"])
+def test_layer_sized(compiled, name):
+    """256 x 784 x 1024 (M x K x N), spanning a whole column block plus ragged panels."""
+    c, ref, _, _ = run(compiled, name, 256, 1024, 784, guarded=False)
+    check(c, ref, 784, DTYPES[VARIANTS[name][0]][1])
+
+
+def test_column_block_boundary(compiled):
+    """N just past the default 1024-column block."""
+    for name in ["f32_00", "f32_01"]:
+        c, ref, _, _ = run(compiled, name, 7, 1025 + 64, 11)
+        check(c, ref, 11, np.float32)
+
+
+def test_epilogue_transform_placement(compiled):
+    """x*2+1 applied once per element (so never on partial sums, never twice, never skipped)."""
+    c, ref, x, y = run(compiled, "f32_00_affine", 19, 75, 23)
+    check(c, ref, 23, np.float32)
+    np.testing.assert_allclose(c, 2 * (x @ y) + 1, rtol=1e-5, atol=1e-4)
+
+
+def test_vector_fma_in_optimized_ir(compiled):
+    width = host_vector_bytes() // 4
+    fma = re.findall(rf"call <{width} x float> @llvm\.fma\.v{width}f32\(", compiled.optimized)
+    assert len(fma) >= 24, "the f32 micro-kernel should be explicit vector FMAs"
+    width64 = host_vector_bytes() // 8
+    assert re.search(rf"call <{width64} x double> @llvm\.fma\.v{width64}f64\(", compiled.optimized)
+    # no external calls besides LLVM intrinsics (an unresolved symbol would crash at call time)
+    declared = re.findall(r"^declare .*?@([\w.]+)\(", compiled.optimized, re.M)
+    assert all(name.startswith("llvm.") for name in declared), declared
+
+
+def test_pack_elements():
+    assert pack_elements("K", "N") == ("K", 1024 + 16)
+    assert pack_elements(784, 10) == (784, 64 + 16)
+    assert pack_elements(784, 1000) == (784, 1024 + 16)
+    assert pack_elements("K", 5000) == ("K", 1024 + 16)
+    assert pack_elements(3, "N", GemmConfig(nc=128)) == (3, 128 + 16)
