@@ -78,6 +78,7 @@ class GemmConfig:
     nc: int = 1024              # columns of B packed per block (elements)
     mc: int = 72                # rows of A per block
     unroll: int = 4             # K-loop unroll factor (a power of 2)
+    pack_a: int = 0             # 1: pack A even when not transposed (transposed A always is)
 
     def resolved(self) -> GemmConfig:
         return self if self.vector_bytes else replace(self, vector_bytes=host_vector_bytes())
@@ -96,9 +97,10 @@ def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None) 
     """Size of the `pack` scratch emit_gemm needs, in elements of the GEMM's float type, as factors.
 
     The caller multiplies the factors (ints, or the dims K and N as given, e.g. symbol names) at run
-    time. The result is (K, W) with W a Python int: the packed width of one column block (NC, or N
-    rounded up to NR when N is a known int smaller than that) plus PACK_SLACK elements per k row,
-    which is room to realign the region to 64 bytes. It is an upper bound valid for f32 and f64 and
+    time. The result is (K, W) with W a Python int: the packed width of one column block of B (NC,
+    or N rounded up to NR when N is a known int smaller than that), plus MC for the packed block of
+    a transposed A, plus PACK_SLACK elements per k row, which is room to realign the region to 64
+    bytes. It is an upper bound valid for f32 and f64 and
     any vector width (NR is taken as the widest one, f32 with 64-byte vectors). The region needs no
     particular alignment. Pass the same `config` as to emit_gemm if it is not the default.
     """
@@ -108,7 +110,7 @@ def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None) 
         width = min(cfg.nc, -(-max(N, 1) // nr_max) * nr_max)
     else:
         width = cfg.nc
-    return (K, max(width, nr_max) + PACK_SLACK)
+    return (K, max(width, nr_max) + cfg.mc + PACK_SLACK)
 
 
 # -- small IR helpers --------------------------------------------------------------------------------
@@ -177,6 +179,40 @@ def _masked_load(module: ir.Module, vty: ir.VectorType) -> ir.Function:
     return ir.Function(module, fnty, name)
 
 
+def _masked_store(module: ir.Module, vty: ir.VectorType) -> ir.Function:
+    name = f"llvm.masked.store.v{vty.count}{vty.element.intrinsic_name}.p0"
+    if name in module.globals:
+        return module.globals[name]
+    mask = ir.VectorType(I1, vty.count)
+    fnty = ir.FunctionType(ir.VoidType(), [vty, ir.IntType(8).as_pointer(), I32, mask])
+    return ir.Function(module, fnty, name)
+
+
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """Transpose n vectors of n lanes (n a power of 2): out[c][t] = rows[t][c].
+
+    log2(n) stages, each swapping one bit of the row index with the same bit of the lane index by
+    n two-input shuffles.
+    """
+    n = len(rows)
+    rows = list(rows)
+    mask_ty = ir.VectorType(I32, n)
+    bit = 1
+    while bit < n:
+        lo = ir.Constant(mask_ty, [c if not c & bit else n + (c ^ bit) for c in range(n)])
+        hi = ir.Constant(mask_ty, [(c ^ bit) if not c & bit else n + c for c in range(n)])
+        out = list(rows)
+        for t0 in range(n):
+            if t0 & bit:
+                continue
+            t1 = t0 | bit
+            out[t0] = b.shuffle_vector(rows[t0], rows[t1], lo)
+            out[t1] = b.shuffle_vector(rows[t0], rows[t1], hi)
+        rows = out
+        bit <<= 1
+    return rows
+
+
 def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
     undef = ir.Constant(vty, ir.Undefined)
     v = b.insert_element(undef, x, ir.Constant(I32, 0))
@@ -210,6 +246,8 @@ class _Gemm:
         raw = bld.bitcast(pack, I8.as_pointer())
         mis = bld.and_(bld.sub(_const(0), bld.ptrtoint(raw, I64)), _const(PACK_ALIGN - 1))
         self.pack = bld.bitcast(bld.gep(raw, [mis], inbounds=True), pty)
+        # transposed A is packed per MC block (in place, each k of a tile would be a new cache line)
+        self.packed_a = transpose_a or cfg.pack_a
         tile = fb.entry_alloca(ir.ArrayType(fty, self.mr * self.nr), "gemm.tile")
         tile.align = 64
         self.tile = bld.bitcast(tile, pty)
@@ -267,35 +305,107 @@ class _Gemm:
         bld.position_at_end(join)
 
     def _pack_panel_transposed(self, dst, j0, cols, nvec) -> None:
-        """B stored N x K: op(B)[k, j] = b[j*K + k]. Rows of B are read contiguously along k."""
-        fb, bld, fty = self.fb, self.fb.b, self.fty
-        nrp = bld.mul(nvec, _const(self.vw), flags=NUW_NSW)
+        """B stored N x K: op(B)[k, j] = b[j*K + k].
 
-        def column(j):
-            src = bld.mul(bld.add(j0, j, flags=NUW_NSW), self.K, flags=NUW_NSW)
+        VW x VW blocks (VW rows of B, VW consecutive k) are loaded as VW vectors, transposed in
+        registers with shuffles and stored as VW k-rows of the panel; the last K % VW k-rows are
+        copied element by element. Rows of B past the panel's `cols` are read as copies of its last
+        row (padding columns only feed tile columns the epilogue never reads).
+        """
+        fb, bld, fty, vty, vw = self.fb, self.fb.b, self.fty, self.vty, self.vw
+        nrp = bld.mul(nvec, _const(vw), flags=NUW_NSW)
+        last = bld.sub(cols, _const(1))
+        kfull = bld.and_(self.K, _const(-vw))
 
-            def elem(k):
+        def vector_column(jv):
+            col0 = bld.mul(jv, _const(vw), flags=NUW_NSW)
+            srcs = []
+            for t in range(vw):
+                j = _min(bld, bld.add(col0, _const(t), flags=NUW_NSW), last)
+                srcs.append(bld.gep(self.b, [bld.mul(bld.add(j0, j, flags=NUW_NSW), self.K, flags=NUW_NSW)],
+                                    inbounds=True))
+
+            def block(kb):
+                rows = [bld.load(_ptr(bld, srcs[t], kb, vty), align=self.esize) for t in range(vw)]
+                for c, x in enumerate(_transpose(bld, rows)):
+                    k = bld.add(kb, _const(c), flags=NUW_NSW)
+                    out = bld.add(bld.mul(k, nrp, flags=NUW_NSW), col0, flags=NUW_NSW)
+                    bld.store(x, _ptr(bld, dst, out, vty), align=self.esize)
+            _for(fb, _const(0), kfull, vw, block, "packt.kb")
+        _for(fb, _const(0), nvec, 1, vector_column, "packt.v")
+
+        def k_row(k):
+            def elem(j):
+                src = bld.mul(bld.add(j0, _min(bld, j, last), flags=NUW_NSW), self.K, flags=NUW_NSW)
                 x = bld.load(_ptr(bld, self.b, bld.add(src, k, flags=NUW_NSW), fty))
                 bld.store(x, _ptr(bld, dst, bld.add(bld.mul(k, nrp, flags=NUW_NSW), j, flags=NUW_NSW), fty))
-            _for(fb, _const(0), self.K, 1, elem, "packt.k")
-        _for(fb, _const(0), cols, 1, column, "packt.j")
+            _for(fb, _const(0), nrp, 1, elem, "packt.j")
+        _for(fb, kfull, self.K, 1, k_row, "packt.k")
 
-        def zero_column(j):
-            def elem(k):
-                bld.store(ir.Constant(fty, 0.0),
-                          _ptr(bld, dst, bld.add(bld.mul(k, nrp, flags=NUW_NSW), j, flags=NUW_NSW), fty))
-            _for(fb, _const(0), self.K, 1, elem, "packt.zk")
-        _for(fb, cols, nrp, 1, zero_column, "packt.z")
+    # -- packing A (transposed A only) ---------------------------------------------------------------
+    def pack_a(self, dst: ir.Value, ic: ir.Value, mc: ir.Value) -> None:
+        """A stored K x M: panels of MR rows, k-major: dst[p*K*MR + k*MR + r] = a[k*M + ic + p*MR + r].
+
+        Rows past M are zeros. One masked load and one masked store of MR lanes per k and panel.
+        """
+        fb, bld, mr = self.fb, self.fb.b, self.mr
+        if not self.ta:
+            return self._pack_a_rows(dst, ic, mc)
+        lanes_n = max(mr, 2) if mr & (mr - 1) == 0 else 1 << mr.bit_length()
+        avty = ir.VectorType(self.fty, lanes_n)
+        ity = ir.VectorType(I64, lanes_n)
+        lanes = ir.Constant(ity, list(range(lanes_n)))
+        masked_load = _masked_load(fb.fn.module, avty)
+        masked_store = _masked_store(fb.fn.module, avty)
+        store_mask = ir.Constant(ir.VectorType(I1, lanes_n), [int(i < mr) for i in range(lanes_n)])
+        zero = ir.Constant(avty, None)
+
+        def panel(p0):
+            rows = _min(bld, _const(mr), bld.sub(mc, p0))
+            mask = bld.icmp_signed("<", lanes, _splat(bld, rows, ity))
+            out = bld.gep(dst, [bld.mul(p0, self.K, flags=NUW_NSW)], inbounds=True)
+            col = bld.add(ic, p0, flags=NUW_NSW)
+
+            def k_row(k):
+                src = bld.gep(self.a, [bld.add(bld.mul(k, self.M, flags=NUW_NSW), col, flags=NUW_NSW)],
+                              inbounds=True)
+                x = bld.call(masked_load, [bld.bitcast(src, I8.as_pointer()), ir.Constant(I32, self.esize),
+                                           mask, zero])
+                o = bld.gep(out, [bld.mul(k, _const(mr), flags=NUW_NSW)], inbounds=True)
+                bld.call(masked_store, [x, bld.bitcast(o, I8.as_pointer()), ir.Constant(I32, self.esize),
+                                        store_mask])
+            _for(fb, _const(0), self.K, 1, k_row, "packa.k")
+        _for(fb, _const(0), mc, mr, panel, "packa.p")
+
+    def _pack_a_rows(self, dst, ic, mc) -> None:
+        """A stored M x K (only with config pack_a=1): element copies, rows past M clamped."""
+        fb, bld, mr = self.fb, self.fb.b, self.mr
+        last = bld.sub(self.M, _const(1))
+
+        def panel(p0):
+            out = bld.gep(dst, [bld.mul(p0, self.K, flags=NUW_NSW)], inbounds=True)
+            srcs = [bld.gep(self.a, [bld.mul(_min(bld, bld.add(ic, bld.add(p0, _const(r), flags=NUW_NSW),
+                                                              flags=NUW_NSW), last), self.K, flags=NUW_NSW)],
+                            inbounds=True) for r in range(mr)]
+
+            def k_row(k):
+                for r in range(mr):
+                    x = bld.load(bld.gep(srcs[r], [k], inbounds=True))
+                    bld.store(x, bld.gep(out, [bld.add(bld.mul(k, _const(mr), flags=NUW_NSW), _const(r),
+                                                       flags=NUW_NSW)], inbounds=True))
+            _for(fb, _const(0), self.K, 1, k_row, "packa.k")
+        _for(fb, _const(0), mc, mr, panel, "packa.p")
 
     # -- micro-kernel ------------------------------------------------------------------------------
-    def microkernel(self, nvec: int, rows: list[ir.Value], panel: ir.Value) -> None:
-        """tile[r*NR + v*VW ...] = sum_k A(row r, k) * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
+    def microkernel(self, nvec: int, rows: list[ir.Value], a_step: int | ir.Value, panel: ir.Value) -> None:
+        """tile[r*NR + v*VW ...] = sum_k rows[r][k*a_step] * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
         fb, bld, vty, K = self.fb, self.fb.b, self.vty, self.K
         mr, vw, U = self.mr, self.vw, self.cfg.unroll
         nrp = nvec * vw
         fma = _fma(fb.fn.module, vty)
         zero = ir.Constant(vty, None)
-        kstep = self.M if self.ta else None
+        kstep = None if isinstance(a_step, int) and a_step == 1 else \
+            (_const(a_step) if isinstance(a_step, int) else a_step)
 
         def step(kk, accs):
             bv = [bld.load(_ptr(bld, panel, bld.add(bld.mul(kk, _const(nrp), flags=NUW_NSW),
@@ -366,8 +476,7 @@ class _Gemm:
         out = []
         for r in range(self.mr):
             i = bld.add(i0, _min(bld, _const(r), last), flags=NUW_NSW) if r else i0
-            off = i if self.ta else bld.mul(i, self.K, flags=NUW_NSW)
-            out.append(bld.gep(self.a, [off], inbounds=True))
+            out.append(bld.gep(self.a, [bld.mul(i, self.K, flags=NUW_NSW)], inbounds=True))
         return out
 
     # -- blocking ----------------------------------------------------------------------------------
@@ -378,6 +487,10 @@ class _Gemm:
         join = fn.append_basic_block("gemm.tile.join")
         after = fn.append_basic_block("gemm.tile.after")
         state: dict = {}
+        if self.packed_a:  # after the widest B block this range packs: min(NC, round_up(width, NR))
+            width = bld.and_(bld.add(bld.sub(n_end, n_begin), _const(self.nr - 1)), _const(-self.nr))
+            width = _min(bld, _const(self.nc), width)
+            self.apack = bld.gep(self.pack, [bld.mul(self.K, width, flags=NUW_NSW)], inbounds=True)
 
         def column_block(jc):
             nc = _min(bld, _const(self.nc), bld.sub(n_end, jc))
@@ -385,6 +498,9 @@ class _Gemm:
             def row_block(ic):
                 mc = _min(bld, _const(self.mc), bld.sub(self.M, ic))
                 first = bld.icmp_signed("==", ic, _const(0))
+
+                if self.packed_a:
+                    self.pack_a(self.apack, ic, mc)
 
                 def panel(jr):
                     cols = _min(bld, _const(self.nr), bld.sub(nc, jr))
@@ -396,17 +512,22 @@ class _Gemm:
                     def tile(ir_):
                         i0 = bld.add(ic, ir_, flags=NUW_NSW)
                         rows = _min(bld, _const(self.mr), bld.sub(mc, ir_))
-                        ptrs = self.row_pointers(i0, rows)
+                        if self.packed_a:
+                            base = bld.gep(self.apack, [bld.mul(ir_, self.K, flags=NUW_NSW)], inbounds=True)
+                            ptrs = [base if r == 0 else bld.gep(base, [_const(r)], inbounds=True)
+                                    for r in range(self.mr)]
+                            a_step = self.mr
+                        else:
+                            ptrs, a_step = self.row_pointers(i0, rows), 1
                         variants = {v: fn.append_basic_block(f"mk{v}") for v in range(1, self.nv + 1)}
                         sw = bld.switch(nvec, variants[self.nv])
                         for v in range(1, self.nv):
                             sw.add_case(ir.Constant(I64, v), variants[v])
                         for v, block in variants.items():
                             bld.position_at_end(block)
-                            self.microkernel(v, ptrs, dst)
+                            self.microkernel(v, ptrs, a_step, dst)
                             bld.branch(join)
                         state["args"] = (i0, j0, rows, cols)
-                        state["from"] = bld.block
                         # the loop latch continues from `after`
                         bld.position_at_end(after)
                     _for(fb, _const(0), mc, self.mr, tile, "gemm.ir")

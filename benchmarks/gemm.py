@@ -152,42 +152,41 @@ def main() -> None:
                 print(f"WARNING: {name} {M}x{K}x{N}: relative max error {err:.2e}", file=sys.stderr)
             calls.append((name, lambda fn=fn: fn(pc, pa, pb, pp, M, N, K)))
         wall = {name: [] for name, _ in calls}
-        cpu = {name: [] for name, _ in calls}
         end = time.perf_counter() + args.seconds
         rnd = 0
-        while rnd < 5 or (time.perf_counter() < end and rnd < 1000):
-            order = calls[rnd % len(calls):] + calls[:rnd % len(calls)]
+        while rnd < 5 or (time.perf_counter() < end and rnd < 2000):
+            order = calls if rnd % 2 == 0 else calls[::-1]
             for name, call in order:
-                c0, t0 = time.thread_time(), time.perf_counter()
+                t0 = time.perf_counter()
                 call()
-                t1, c1 = time.perf_counter(), time.thread_time()
-                wall[name].append(t1 - t0)
-                cpu[name].append(c1 - c0)
+                wall[name].append(time.perf_counter() - t0)
             rnd += 1
         flops = 2.0 * M * N * K
-        gf = lambda t: flops / max(t, 1e-9) / 1e9
-        rows.append(((M, K, N), rnd, {name: (gf(float(np.median(wall[name]))), gf(min(wall[name])),
-                                             gf(float(np.median(cpu[name]))))
-                                      for name, _ in calls}))
+        ref_times = np.array(wall["numpy 1T"])
+        result = {}
+        for name, ts in wall.items():
+            ts = np.array(ts)
+            result[name] = dict(median=flops / np.median(ts) / 1e9, best=flops / ts.min() / 1e9,
+                                # numpy's time over ours in the same round, so that slow phases of a
+                                # shared machine cancel out
+                                paired=float(np.median(ref_times / ts)))
+        rows.append(((M, K, N), rnd, result))
         print(f"{M}x{K}x{N}: {rnd} rounds", file=sys.stderr)
 
     default = {} if args.no_threads else numpy_default_threads(sizes, args.dtype, ta, tb, args.seconds)
 
     names = [name for name, _ in variants]
-    print(f"\nGFLOP/s, {args.dtype}, C = {'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}, one thread; "
-          f"cells: numpy 1T / gradc (ratio gradc/numpy)")
-    print("median wall = median wall-clock time of interleaved rounds; best = fastest round; "
-          "median cpu = median thread CPU time (less sensitive to other processes on a shared box)\n")
-    header = ["M x K x N"] + [f"{kind}: numpy 1T / {n} (ratio)" for kind in ("median wall", "best", "median cpu")
-                              for n in names] + ([] if args.no_threads else ["numpy default threads"])
+    print(f"\nGFLOP/s, {args.dtype}, C = {'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}, one thread.")
+    print("Rounds call every variant once, interleaved. GFLOP/s: median (best) over rounds; "
+          "ratio: median over rounds of numpy's time / ours in the same round (>1: gradc faster).\n")
+    header = ["M x K x N", "rounds", "numpy 1T"] + [f"{n}" for n in names] + [f"ratio {n}" for n in names] + \
+        ([] if args.no_threads else ["numpy default threads"])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for (M, K, N), rnd, res in rows:
-        cells = [f"{M}x{K}x{N}"]
-        for idx in range(3):
-            for n in names:
-                ref_gf, gf = res["numpy 1T"][idx], res[n][idx]
-                cells.append(f"{ref_gf:.1f} / {gf:.1f} ({gf / ref_gf:.2f})")
+        cell = lambda r: f"{r['median']:.1f} ({r['best']:.1f})"
+        cells = [f"{M}x{K}x{N}", str(rnd), cell(res["numpy 1T"])] + [cell(res[n]) for n in names] + \
+            [f"{res[n]['paired']:.2f}" for n in names]
         if not args.no_threads:
             d = default.get(f"{M}x{K}x{N}")
             cells.append("-" if d is None else f"{d:.1f}")

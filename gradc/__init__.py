@@ -6,6 +6,7 @@
 """
 from . import ir
 from .api import Compiled, Lowered, grad, jit, make_ir, value_and_grad
+from .checking import GradientCheckError, check_grad
 from .functions import (exp, log, log_softmax, logsumexp, matmul, max, maximum, mean, mse, relu,
                         sigmoid, softmax, softmax_cross_entropy, sqrt, stop_gradient, sum, tanh,
                         transpose)
@@ -13,7 +14,7 @@ from .ir.autodiff import GradError
 from .ir.types import ShapeError
 from .tracing import TracingError, f32, f64
 
-__all__ = ["ir", "Compiled", "Lowered", "grad", "jit", "make_ir", "value_and_grad", "exp", "log",
+__all__ = ["ir", "check_grad", "GradientCheckError", "Compiled", "Lowered", "grad", "jit", "make_ir", "value_and_grad", "exp", "log",
            "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "mse", "relu", "sigmoid",
            "softmax", "softmax_cross_entropy", "sqrt", "stop_gradient", "sum", "tanh", "transpose",
            "GradError", "ShapeError", "TracingError", "f32", "f64"]

@@ -14,6 +14,7 @@ from .backends.jit import NativeFunction
 from .ir import Graph, TensorType
 from .ir.autodiff import GradError
 from .ir.dot import to_dot
+from .dumping import dump_if_requested
 from .ir.fusion import FusionResult, fuse, fused_graph, report, unfused
 from .ir.passes import Autodiff, optimize, run_passes
 from .tracing import annotated_types, array_type, function_name, parameter_names, trace, unflatten
@@ -60,6 +61,11 @@ class Lowered:
         if stage not in self.graphs:
             raise ValueError(f"as_dot takes a graph stage ({', '.join(self.graphs)}), got {stage!r}")
         return to_dot(self.graphs[stage])
+
+    def explain(self, wrt: Sequence[str] | None = None, stage: str | None = None):
+        """The requested gradients as matrix-calculus formulas (see gradc.explain)."""
+        from .explain import explain
+        return explain(self, wrt, stage)
 
     def fusion_report(self) -> str:
         """Each kernel, the ops it fused and what it stores; each op left out, and why."""
@@ -117,6 +123,7 @@ class Compiled:
         with self._lock:  # one trace per signature, even when threads make the first call together
             if key not in self._cache:
                 self._cache[key] = self._trace_and_optimize(types)
+                dump_if_requested(self._cache[key][0])
             return self._cache[key]
 
     def _trace_and_optimize(self, types: Sequence[TensorType]) -> tuple[Lowered, Any]:

@@ -31,7 +31,7 @@ def append_adjoint(graph: Graph, wrt: Sequence[int], loss_index: int = 0) -> Gra
     active = ({loss} | nx.ancestors(flow, loss)) & set().union(
         *({t} | nx.descendants(flow, t) for t in targets))
 
-    builder = Builder(graph)
+    builder = Builder(graph, lambda: f"{loss.producer.loc} vjp(seed)".strip() if loss.producer else "")
     cotangents: dict[Value, Sym] = {loss: builder.const(1.0, loss.type.dtype)}
     for op in list(reversed(graph.ops)):
         if op.result not in active or op.result not in cotangents:

@@ -66,8 +66,7 @@ def test_help_for_every_command():
 
 def test_console_script_is_installed():
     script = shutil.which("gradc")
-    if script is None:
-        pytest.skip("gradc is not installed as a console script (pip install -e .)")
+    assert script is not None, "gradc is not installed as a console script (pip install -e .)"
     run = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.startswith("gradc ")
 
@@ -134,8 +133,10 @@ def test_dot_text_to_stdout_and_file(tmp_path):
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
 
 
-@pytest.mark.skipif(not HAS_GRAPHVIZ, reason="Graphviz is not installed")
 def test_dot_svg_and_png(tmp_path):
+    if not HAS_GRAPHVIZ:  # .ci/run installs Graphviz; on a bare machine the command must explain itself
+        assert "apt-get install graphviz" in fails("dot", SEED, "-o", str(tmp_path / "seed.svg"))
+        return
     ok("dot", SEED, "--wrt", "U,V", "--stage", "grad", "-o", str(tmp_path / "seed.svg"))
     svg = (tmp_path / "seed.svg").read_text()
     assert "<svg" in svg and "%dV = transpose" in svg and "%g = sigmoid" in svg
@@ -152,8 +153,6 @@ def test_dot_without_graphviz_says_how_to_install_it(tmp_path):
 
 
 def test_dot_fused_kernels_are_clusters():
-    if "fused" not in seed_lowered().graphs:
-        pytest.skip("this gradc has no fused stage")
     out = ok("dot", SEED, "--wrt", "U,V", "--stage", "fused")
     assert out.count("subgraph \"cluster_") >= 2
 
@@ -338,9 +337,6 @@ def test_dump_to_directory(tmp_path):
 
 
 def test_gradc_dump_environment_variable(tmp_path):
-    api = (ROOT / "gradc" / "api.py").read_text()
-    if "dump_if_requested" not in api:
-        pytest.skip("the GRADC_DUMP hook is not in Compiled._compile yet")
     script = write(tmp_path, "train.py", """\
         import numpy as np
         import gradc as gc

@@ -198,8 +198,8 @@ def test_vector_fma_in_optimized_ir(compiled):
 
 
 def test_pack_elements():
-    assert pack_elements("K", "N") == ("K", 1024 + 16)
-    assert pack_elements(784, 10) == (784, 64 + 16)
-    assert pack_elements(784, 1000) == (784, 1024 + 16)
-    assert pack_elements("K", 5000) == ("K", 1024 + 16)
-    assert pack_elements(3, "N", GemmConfig(nc=128)) == (3, 128 + 16)
+    assert pack_elements("K", "N") == ("K", 1024 + 72 + 16)
+    assert pack_elements(784, 10) == (784, 64 + 72 + 16)
+    assert pack_elements(784, 1000) == (784, 1024 + 72 + 16)
+    assert pack_elements("K", 5000) == ("K", 1024 + 72 + 16)
+    assert pack_elements(3, "N", GemmConfig(nc=128, mc=12)) == (3, 128 + 12 + 16)

@@ -221,6 +221,10 @@ for _ta, _tb in ((False, False), (True, True), (False, True)):
     case("matmul", f"large-{'T' if _ta else 'N'}{'T' if _tb else 'N'}",
          [(33, 17) if _ta else (17, 33), (19, 33) if _tb else (33, 19)],
          attrs={"transpose_a": _ta, "transpose_b": _tb}, tol="accumulate")
+for _ta, _tb in ((False, False), (True, True)):  # several row and column blocks, ragged edges
+    case("matmul", f"tiles-{'T' if _ta else 'N'}{'T' if _tb else 'N'}",
+         [(37, 13) if _ta else (13, 37), (70, 37) if _tb else (37, 70)],
+         attrs={"transpose_a": _ta, "transpose_b": _tb}, tol="accumulate")
 case("transpose", "large-3d", [(5, 7, 33)], attrs={"perm": [2, 0, 1]}, tol="exact")
 case("broadcast", "large", [(65,)], attrs={"shape": [9, 65], "dims": [1]}, tol="exact")
 case("reshape", "large", [(9, 65)], attrs={"shape": [65, 9]}, tol="exact")
@@ -244,6 +248,8 @@ case("transpose", "sym-3d", [("B", 3, 4)], attrs={"perm": [2, 0, 1]}, tol="exact
 case("matmul", "sym-m", [("B", 4), (4, 5)], attrs={"transpose_a": False, "transpose_b": False},
      tol="accumulate", **B0)
 case("matmul", "sym-k-TN", [("B", 3), ("B", 5)], attrs={"transpose_a": True, "transpose_b": False},
+     tol="accumulate", **B0)
+case("matmul", "sym-n-NT", [(5, 4), ("B", 4)], attrs={"transpose_a": False, "transpose_b": True},
      tol="accumulate", **B0)
 case("size", "sym", [("B", 4)], grad="none", tol="exact",  # B is only known at run time
      build=lambda b, dt, x: b.op("size", dims=["B", 4], dtype=dt), **B0)
