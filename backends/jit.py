@@ -74,54 +74,82 @@ class NativeFunction:
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
         self._static_workspace = None if self.symbols else int(self._workspace_size(None))
+        self._prepare_call_path()
+
+    def _prepare_call_path(self) -> None:
+        """Decide at compile time everything a call would otherwise work out again."""
+        index = {s: i for i, s in enumerate(self.symbols)}
+        self._inputs = []
+        for name, t in zip(self.input_names, self.input_types):
+            static = None if t.symbols else tuple(t.shape)
+            axes = [(axis, index.get(d), d) for axis, d in enumerate(t.shape)]
+            self._inputs.append((name, t, t.np_dtype, static, axes))
+        self._n_inputs = len(self._inputs)
+        self._dims_type = ctypes.c_int64 * max(len(self.symbols), 1)
         self._pointers = ctypes.c_void_p * (len(self.input_types) + len(self.output_types))
-        self._np_dtypes = [t.np_dtype for t in self.input_types]
-        self._symbol_index = {s: i for i, s in enumerate(self.symbols)}
+        self._outputs = [(t.np_dtype, [(index.get(d), d) for d in t.shape]) for t in self.output_types]
+        self._static_shapes = None if self.symbols else self._output_shapes([])
+        self._per_thread = threading.local()  # a workspace per thread: calls never share one
+
+    def _output_shapes(self, dims: Sequence[int]) -> list[tuple[tuple, np.dtype]]:
+        return [(tuple(d if i is None else dims[i] for i, d in spec), dtype) for dtype, spec in self._outputs]
+
+    def _shape_error(self, name: str, t: TensorType, a: np.ndarray, detail: str = "") -> ShapeError:
+        return ShapeError(f"argument {name!r}: expected shape {t}, got {a.ndim}-D shape {list(a.shape)}{detail}")
+
+    def _workspace(self, size: int) -> int | None:
+        if size == 0:
+            return None
+        buffer = getattr(self._per_thread, "buffer", None)
+        if buffer is None or buffer.nbytes < size:
+            buffer = self._per_thread.buffer = np.empty(size, np.uint8)
+            self._per_thread.address = buffer.ctypes.data
+        return self._per_thread.address
 
     def asm(self) -> str:
         """Host assembly of the optimized module (compiled again with a separate target machine)."""
         module = llvm.parse_assembly(self.llvm_ir)
         return host_target_machine().emit_assembly(module)
 
-    def _check(self, args: Sequence) -> tuple[list[np.ndarray], np.ndarray]:
-        if len(args) != len(self.input_types):
-            raise TypeError(f"{self.graph.name} takes {len(self.input_types)} arguments "
+    def _check(self, args: Sequence) -> tuple[list[np.ndarray], ctypes.Array]:
+        """The arrays native code may read (C-ordered, aligned, checked) and the symbols' values."""
+        if len(args) != self._n_inputs:
+            raise TypeError(f"{self.graph.name} takes {self._n_inputs} arguments "
                             f"({', '.join(self.input_names)}), got {len(args)}")
-        dims = np.zeros(max(len(self.symbols), 1), np.int64)
+        dims = self._dims_type()
         bound = [False] * len(self.symbols)
         arrays = []
-        for name, t, dtype, a in zip(self.input_names, self.input_types, self._np_dtypes, args):
+        for (name, t, dtype, static, axes), a in zip(self._inputs, args):
             if type(a) is not np.ndarray:
                 a = np.asarray(a)
             if a.dtype != dtype:
                 raise TypeError(f"argument {name!r}: expected dtype {dtype} ({t}), got {a.dtype}")
-            if a.ndim != t.rank:
-                raise ShapeError(f"argument {name!r}: expected shape {t}, got {a.ndim}-D shape {list(a.shape)}")
-            for d, n in zip(t.shape, a.shape):
-                if type(d) is int:
-                    if d != n:
-                        raise ShapeError(f"argument {name!r}: expected shape {t}, got {list(a.shape)}")
-                else:
-                    i = self._symbol_index[d]
-                    if not bound[i]:
+            if static is not None:
+                if a.shape != static:
+                    raise self._shape_error(name, t, a)
+            elif a.ndim != t.rank:
+                raise self._shape_error(name, t, a)
+            else:
+                for axis, i, d in axes:
+                    n = a.shape[axis]
+                    if i is None:
+                        if n != d:
+                            raise self._shape_error(name, t, a)
+                    elif not bound[i]:
                         dims[i], bound[i] = n, True
                     elif dims[i] != n:
-                        raise ShapeError(f"argument {name!r}: expected shape {t} with {d}={dims[i]} "
-                                         f"(from an earlier argument), got {list(a.shape)}")
+                        raise self._shape_error(name, t, a, f" ({d}={dims[i]} from an earlier argument)")
             if not (a.flags.c_contiguous and a.flags.aligned):
                 a = np.array(a, order="C")  # a copy: never read a strided or misaligned buffer wrongly
             arrays.append(a)
         return arrays, dims
 
     def __call__(self, *args: np.ndarray) -> list[np.ndarray]:
+        """Check the arguments, then make one native call; returns fresh output arrays."""
         arrays, dims = self._check(args)
-        env = {s: int(dims[i]) for i, s in enumerate(self.symbols)} if self.symbols else None
-        outputs = [np.empty(tuple(env[d] if type(d) is str else d for d in t.shape) if env else t.shape,
-                            t.np_dtype) for t in self.output_types]
+        shapes = self._static_shapes or self._output_shapes(dims)
+        outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
+        size = self._static_workspace if self._static_workspace is not None else self._workspace_size(dims)
         pointers = self._pointers(*(a.ctypes.data for a in arrays), *(o.ctypes.data for o in outputs))
-        dims_address = dims.ctypes.data
-        size = self._static_workspace if self._static_workspace is not None else \
-            self._workspace_size(dims_address)
-        workspace = np.empty(max(size, 1), np.uint8)
-        self._entry(pointers, dims_address, workspace.ctypes.data)
+        self._entry(pointers, dims, self._workspace(size))
         return outputs
