@@ -94,8 +94,8 @@ class NativeFunction:
     def _output_shapes(self, dims: Sequence[int]) -> list[tuple[tuple, np.dtype]]:
         return [(tuple(d if i is None else dims[i] for i, d in spec), dtype) for dtype, spec in self._outputs]
 
-    def _shape_error(self, name: str, t: TensorType, a: np.ndarray, detail: str = "") -> ShapeError:
-        return ShapeError(f"argument {name!r}: expected shape {t}, got {a.ndim}-D shape {list(a.shape)}{detail}")
+    def _shape_error(self, name: str, t: TensorType, a: np.ndarray, binding: str = "") -> ShapeError:
+        return ShapeError(f"argument {name!r}: expected shape {t}{binding}, got {a.ndim}-D shape {list(a.shape)}")
 
     def _workspace(self, size: int) -> int | None:
         if size == 0:
@@ -138,7 +138,7 @@ class NativeFunction:
                     elif not bound[i]:
                         dims[i], bound[i] = n, True
                     elif dims[i] != n:
-                        raise self._shape_error(name, t, a, f" ({d}={dims[i]} from an earlier argument)")
+                        raise self._shape_error(name, t, a, f" with {d}={dims[i]} (from an earlier argument)")
             if not (a.flags.c_contiguous and a.flags.aligned):
                 a = np.array(a, order="C")  # a copy: never read a strided or misaligned buffer wrongly
             arrays.append(a)
