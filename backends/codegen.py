@@ -308,6 +308,8 @@ class KernelEmitter(FunctionBuilder):
         self.nest([k.domain[a] for a in kept], outer, "o")
 
     def _emit_matmul(self) -> None:
+        """The register-blocked GEMM; its per-tile epilogue evaluates the kernel's fused ops."""
+        from .gemm import emit_gemm
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -317,54 +319,24 @@ class KernelEmitter(FunctionBuilder):
         accs = self._accumulators(self._reductions())
         d_writes = [v for v in self.writes if self.kernel.role(v) == "D"]
         late = [v for v in self.writes if self.kernel.role(v) != "D"]
-        bld, flags = self.b, ("contract",)
+        bld = self.b
 
-        def a_at(i, kk):
-            return self.value_at(a, (kk, i) if ta else (i, kk))
+        def tile_epilogue(i0, j0, rows, cols, tile, stride: int) -> None:
+            def row(r: ir.Value) -> None:
+                i = bld.add(i0, r, flags=("nuw", "nsw"))
+                start = bld.mul(r, ir.Constant(I64, stride), flags=("nuw", "nsw"))
 
-        def b_at(kk, j):
-            return self.value_at(b, (j, kk) if tb else (kk, j))
-
-        def epilogue(i: ir.Value, j: ir.Value, value: ir.Value) -> None:
-            self.cache = {}
-            self.matmul_value = value
-            self._accumulate(accs, [i, j])
-            self._epilogue([i, j], [v for v in d_writes if not (v is mm.result and self.scratch is None and not tb)])
-
-        if not tb:  # row i of the product accumulates in place: C[i, :] += A(i, k) * B[k, :]
-            row_base = self.scratch if self.scratch is not None else self.pointer[mm.result]
-            N = self.size([n])
-
-            def row(i: ir.Value) -> None:
-                start = bld.mul(i, N, flags=("nuw", "nsw")) if self.scratch is None else ir.Constant(I64, 0)
-                cell = lambda j: self.element(row_base, bld.add(start, j, flags=("nuw", "nsw")), fty)
-                self.loop(N, lambda j: bld.store(ir.Constant(fty, 0.0), cell(j)), "zero")
-
-                def step(kk: ir.Value) -> None:
+                def col(c: ir.Value) -> None:
                     self.cache = {}
-                    av = a_at(i, kk)
+                    self.matmul_value = bld.load(self.element(tile, bld.add(start, c, flags=("nuw", "nsw")), fty))
+                    coords = [i, bld.add(j0, c, flags=("nuw", "nsw"))]
+                    self._accumulate(accs, coords)
+                    self._epilogue(coords, d_writes)
+                self.loop(cols, col, "tile.c")
+            self.loop(rows, row, "tile.r")
 
-                    def axpy(j: ir.Value) -> None:
-                        self.cache = {}
-                        c = cell(j)
-                        bld.store(bld.fadd(bld.load(c), bld.fmul(av, b_at(kk, j), flags=flags), flags=flags), c)
-                    self.loop(N, axpy, "j")
-                self.loop(self.size([kdim]), step, "k")
-                self.loop(N, lambda j: epilogue(i, j, bld.load(cell(j))), "e")
-            self.loop(self.size([m]), row, "i")
-        else:  # C[i, j] = dot(A(i, :), B[j, :]): both operands are read along k
-            acc = self.entry_alloca(fty, "dot")
-
-            def col(i: ir.Value, j: ir.Value) -> None:
-                bld.store(ir.Constant(fty, 0.0), acc)
-
-                def step(kk: ir.Value) -> None:
-                    self.cache = {}
-                    prod = bld.fmul(a_at(i, kk), b_at(kk, j), flags=flags)
-                    bld.store(bld.fadd(bld.load(acc), prod, flags=("reassoc", "contract")), acc)
-                self.loop(self.size([kdim]), step, "k")
-                epilogue(i, j, bld.load(acc))
-            self.loop(self.size([m]), lambda i: self.loop(self.size([n]), lambda j: col(i, j), "j"), "i")
+        emit_gemm(self, fty, self.pointer[a], self.pointer[b], self.size([m]), self.size([n]),
+                  self.size([kdim]), ta, tb, self.scratch, tile_epilogue)
         self.cache = {}
         for r, acc_ptr in accs.items():
             self.registers[r.result] = bld.load(acc_ptr)

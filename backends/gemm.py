@@ -6,25 +6,32 @@ of K in vector registers, stored into a small tile buffer, and handed to the cal
 which emits whatever it wants (store into the real output, fuse a bias and a sigmoid, reduce...).
 The epilogue's IR is emitted exactly once per `emit_gemm` call.
 
-Design (measured in the project's notes, `shared/notes/gemm.md`):
-- micro-kernel MR x NR = 6 rows x 4 vectors (`<16 x float>` / `<8 x double>` with AVX-512,
-  `<8 x float>` / `<4 x double>` with AVX2 only): 24 accumulators carried as phi nodes across the
-  whole K loop (unrolled x4, then a remainder loop), explicit `llvm.fma` vector calls; per k it
+Design (after the measurements in the project's notes, `shared/notes/gemm.md`):
+- micro-kernel MR x NR = 6 rows x 4 vectors of `<16 x float>` / `<8 x double>` with AVX-512
+  (24 accumulators), 6 x 2 vectors of `<8 x float>` / `<4 x double>` with AVX2 only (12: AVX2 has
+  16 vector registers), carried as phi nodes across the whole K loop (unrolled x4, then a remainder loop), explicit `llvm.fma` vector calls; per k it
   loads NR/VW vectors of packed B and broadcasts MR scalars of A;
-- A is read in place (never packed): row r of a tile is read through its own pointer, with row
-  indices clamped to M-1 on the last, partial tile so nothing past A is ever read. A transposed A
-  (stored K x M) is read with stride M along k; the six elements for one k are then adjacent;
-- B is packed into NR-wide, k-major panels (zero padded on the right), read strided when B is
-  transposed (stored N x K). A panel is packed right before its first use (during the first
-  MC block), so it is still in cache when the micro-kernel streams it;
+- A (stored M x K) is read in place: row r of a tile through its own pointer, with row indices
+  clamped to M-1 on the last, partial tile so nothing past A is ever read. A transposed A (stored
+  K x M) is packed per MC-row block into MR-row, k-major panels (one masked load and store of MR
+  lanes per k): read in place, every k of a tile would touch a new cache line, M elements apart;
+- B is packed into NR-wide, k-major panels right before the panel's first use (during the first
+  MC block, so it is still in cache). A transposed B (stored N x K) is packed by loading VW x VW
+  blocks (VW rows of B along k), transposing them in registers with shuffles and storing k-rows;
 - blocking: jc over NC columns -> ic over MC rows -> jr over NR-wide panels -> ir over MR rows.
-  K is never blocked, so the epilogue runs once per tile, on finished values;
+  K is never blocked, so each tile's epilogue runs once, on finished values. Measured on this
+  project's Emerald Rapids host, NC=128, MC=144 was as good as or better than the notes' Zen 4
+  choice NC=1024, MC=72 (see benchmarks/gemm.py); with a transposed A, every column block
+  re-packs A, so NC=1024 there. Packed A panels are a cache line apart beyond K*MR elements, so
+  that the MC/MR panels written per k do not all map to the same L1 sets;
 - the last panel of a column block may be narrower than NR: it is packed with a stride of
-  ceil(cols / VW) vectors and multiplied by a narrower micro-kernel variant (1..3 vectors).
+  ceil(cols / VW) vectors and multiplied by a narrower micro-kernel variant (1..3 vectors). Its
+  padding columns (zeros, or copies of the last real column) only reach tile columns the epilogue
+  is told not to read.
 
 Threading later: `emit_gemm_range` computes only the columns [n_begin, n_end) of C; splitting N at
-multiples of NR across threads gives each thread its own panels. Each thread then needs its own
-`pack` region of `pack_elements(K, N)` elements (with N the width of its range).
+multiples of NR (better: of NC) across threads gives each thread its own panels. Each thread then
+needs its own `pack` region of `pack_elements(K, width of its range)` elements.
 
 Only alignment that is provable is claimed: the tile buffer is a 64-byte aligned alloca; the pack
 region is realigned to 64 bytes at run time (that is what `pack_elements`' slack pays for) but
@@ -48,6 +55,7 @@ I64 = ir.IntType(64)
 NUW_NSW = ("nuw", "nsw")
 PACK_ALIGN = 64          # bytes; the pack region is realigned to this at run time
 PACK_SLACK = 16          # extra elements per packed k row (>= PACK_ALIGN bytes for f32 and f64)
+A_PANEL_PAD = 16         # elements between packed A panels when K >= 64 (a cache line or two)
 
 Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value, int], None]
 
@@ -70,47 +78,55 @@ def _elem_bytes(fty: ir.Type) -> int:
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """Blocking parameters. `nc`, `mc` are rounded to multiples of NR and MR."""
+    """Micro-kernel shape and blocking. `nc`, `mc` are rounded down to multiples of NR and MR."""
 
     mr: int = 6                 # rows of the micro-kernel
-    nvec: int = 4               # vectors per row of the micro-kernel (NR = nvec * VW)
+    nvec: int = 0               # vectors per row (NR = nvec * VW); 0: 4 with 64-byte vectors (24 of
+                                # the 32 zmm registers), 2 with 32-byte ones (12 of 16 ymm)
     vector_bytes: int = 0       # 0: the host's (64 with AVX-512, else 32)
-    nc: int = 1024              # columns of B packed per block (elements)
-    mc: int = 72                # rows of A per block
+    nc: int = 128               # columns of B packed per block
+    nc_packed_a: int = 1024     # the same when A is packed (transposed A): each block re-packs A
+    mc: int = 144               # rows of A per block
     unroll: int = 4             # K-loop unroll factor (a power of 2)
     pack_a: int = 0             # 1: pack A even when not transposed (transposed A always is)
 
     def resolved(self) -> GemmConfig:
-        return self if self.vector_bytes else replace(self, vector_bytes=host_vector_bytes())
+        vector_bytes = self.vector_bytes or host_vector_bytes()
+        return replace(self, vector_bytes=vector_bytes, nvec=self.nvec or (4 if vector_bytes >= 64 else 2))
 
     def vw(self, fty: ir.Type) -> int:
         return self.resolved().vector_bytes // _elem_bytes(fty)
 
     def nr(self, fty: ir.Type) -> int:
-        return self.nvec * self.vw(fty)
+        return self.resolved().nvec * self.vw(fty)
 
 
 DEFAULT_CONFIG = GemmConfig()
 
 
-def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None) -> tuple:
+def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None, *,
+                  transpose_a: bool | None = None) -> tuple:
     """Size of the `pack` scratch emit_gemm needs, in elements of the GEMM's float type, as factors.
 
     The caller multiplies the factors (ints, or the dims K and N as given, e.g. symbol names) at run
     time. The result is (K, W) with W a Python int: the packed width of one column block of B (NC,
     or N rounded up to NR when N is a known int smaller than that), plus MC for the packed block of
     a transposed A, plus PACK_SLACK elements per k row, which is room to realign the region to 64
-    bytes. It is an upper bound valid for f32 and f64 and
-    any vector width (NR is taken as the widest one, f32 with 64-byte vectors). The region needs no
-    particular alignment. Pass the same `config` as to emit_gemm if it is not the default.
+    bytes. It is an upper bound valid for f32 and f64 and any vector width (NR is taken as the
+    widest one, f32 with 64-byte vectors), and for either transpose_a unless `transpose_a` is given
+    (False needs less: no A block, and the smaller NC). The region needs no particular alignment.
+    Pass the same `config` as to emit_gemm if it is not the default. For `emit_gemm_range`, N is
+    the width of the range.
     """
     cfg = config or DEFAULT_CONFIG
-    nr_max = cfg.nvec * max(cfg.vector_bytes, 64) // 4
-    if isinstance(N, int):
-        width = min(cfg.nc, -(-max(N, 1) // nr_max) * nr_max)
-    else:
-        width = cfg.nc
-    return (K, max(width, nr_max) + cfg.mc + PACK_SLACK)
+    nr_max = (cfg.nvec or 4) * max(cfg.vector_bytes, 64) // 4
+    packed_a = cfg.pack_a or transpose_a is not False
+    nc = max(cfg.nc, cfg.nc_packed_a) if packed_a else cfg.nc
+    width = min(nc, -(-max(N, 1) // nr_max) * nr_max) if isinstance(N, int) else nc
+    slack = PACK_SLACK
+    if packed_a:  # realignment plus the A panels' padding, paid only when K >= 64
+        slack = max(slack, -(-(PACK_SLACK + -(-cfg.mc // cfg.mr) * A_PANEL_PAD) // 64))
+    return (K, max(width, nr_max) + (cfg.mc if packed_a else 0) + slack)
 
 
 # -- small IR helpers --------------------------------------------------------------------------------
@@ -233,7 +249,10 @@ class _Gemm:
         self.vw = cfg.vector_bytes // self.esize
         self.mr, self.nv = cfg.mr, cfg.nvec
         self.nr = self.nv * self.vw
-        self.nc = max(self.nr, cfg.nc // self.nr * self.nr)
+        # transposed A is packed per MC block (in place, each k of a tile would be a new cache line)
+        self.packed_a = bool(transpose_a or cfg.pack_a)
+        nc = cfg.nc_packed_a if self.packed_a else cfg.nc
+        self.nc = max(self.nr, nc // self.nr * self.nr)
         self.mc = max(self.mr, cfg.mc // self.mr * self.mr)
         assert cfg.unroll >= 1 and cfg.unroll & (cfg.unroll - 1) == 0, "unroll must be a power of 2"
         self.vty = ir.VectorType(fty, self.vw)
@@ -246,15 +265,13 @@ class _Gemm:
         raw = bld.bitcast(pack, I8.as_pointer())
         mis = bld.and_(bld.sub(_const(0), bld.ptrtoint(raw, I64)), _const(PACK_ALIGN - 1))
         self.pack = bld.bitcast(bld.gep(raw, [mis], inbounds=True), pty)
-        # transposed A is packed per MC block (in place, each k of a tile would be a new cache line)
-        self.packed_a = transpose_a or cfg.pack_a
         tile = fb.entry_alloca(ir.ArrayType(fty, self.mr * self.nr), "gemm.tile")
         tile.align = 64
         self.tile = bld.bitcast(tile, pty)
 
     # -- packing B ---------------------------------------------------------------------------------
     def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value) -> None:
-        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, 0 for cols <= j < nrp = nvec*VW."""
+        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, nrp = nvec*VW; padding up to nrp."""
         if self.tb:
             self._pack_panel_transposed(dst, j0, cols, nvec)
         else:
@@ -342,7 +359,7 @@ class _Gemm:
             _for(fb, _const(0), nrp, 1, elem, "packt.j")
         _for(fb, kfull, self.K, 1, k_row, "packt.k")
 
-    # -- packing A (transposed A only) ---------------------------------------------------------------
+    # -- packing A (transposed A; any A with config pack_a=1) ---------------------------------------
     def pack_a(self, dst: ir.Value, ic: ir.Value, mc: ir.Value) -> None:
         """A stored K x M: panels of MR rows, k-major: dst[p*K*MR + k*MR + r] = a[k*M + ic + p*MR + r].
 
@@ -360,22 +377,20 @@ class _Gemm:
         store_mask = ir.Constant(ir.VectorType(I1, lanes_n), [int(i < mr) for i in range(lanes_n)])
         zero = ir.Constant(avty, None)
 
-        def panel(p0):
-            rows = _min(bld, _const(mr), bld.sub(mc, p0))
-            mask = bld.icmp_signed("<", lanes, _splat(bld, rows, ity))
-            out = bld.gep(dst, [bld.mul(p0, self.K, flags=NUW_NSW)], inbounds=True)
-            col = bld.add(ic, p0, flags=NUW_NSW)
+        def k_row(k):  # k outer: each k reads one contiguous stretch of A's row k
+            row = bld.gep(self.a, [bld.add(bld.mul(k, self.M, flags=NUW_NSW), ic, flags=NUW_NSW)], inbounds=True)
+            out_k = bld.gep(dst, [bld.mul(k, _const(mr), flags=NUW_NSW)], inbounds=True)
 
-            def k_row(k):
-                src = bld.gep(self.a, [bld.add(bld.mul(k, self.M, flags=NUW_NSW), col, flags=NUW_NSW)],
-                              inbounds=True)
-                x = bld.call(masked_load, [bld.bitcast(src, I8.as_pointer()), ir.Constant(I32, self.esize),
-                                           mask, zero])
-                o = bld.gep(out, [bld.mul(k, _const(mr), flags=NUW_NSW)], inbounds=True)
+            def panel(p0):
+                rows = _min(bld, _const(mr), bld.sub(mc, p0))
+                mask = bld.icmp_signed("<", lanes, _splat(bld, rows, ity))
+                src = bld.bitcast(bld.gep(row, [p0], inbounds=True), I8.as_pointer())
+                x = bld.call(masked_load, [src, ir.Constant(I32, self.esize), mask, zero])
+                o = bld.gep(out_k, [self.a_panel_offset(p0)], inbounds=True)
                 bld.call(masked_store, [x, bld.bitcast(o, I8.as_pointer()), ir.Constant(I32, self.esize),
                                         store_mask])
-            _for(fb, _const(0), self.K, 1, k_row, "packa.k")
-        _for(fb, _const(0), mc, mr, panel, "packa.p")
+            _for(fb, _const(0), mc, mr, panel, "packa.p")
+        _for(fb, _const(0), self.K, 1, k_row, "packa.k")
 
     def _pack_a_rows(self, dst, ic, mc) -> None:
         """A stored M x K (only with config pack_a=1): element copies, rows past M clamped."""
@@ -383,7 +398,7 @@ class _Gemm:
         last = bld.sub(self.M, _const(1))
 
         def panel(p0):
-            out = bld.gep(dst, [bld.mul(p0, self.K, flags=NUW_NSW)], inbounds=True)
+            out = bld.gep(dst, [self.a_panel_offset(p0)], inbounds=True)
             srcs = [bld.gep(self.a, [bld.mul(_min(bld, bld.add(ic, bld.add(p0, _const(r), flags=NUW_NSW),
                                                               flags=NUW_NSW), last), self.K, flags=NUW_NSW)],
                             inbounds=True) for r in range(mr)]
@@ -396,11 +411,17 @@ class _Gemm:
             _for(fb, _const(0), self.K, 1, k_row, "packa.k")
         _for(fb, _const(0), mc, mr, panel, "packa.p")
 
+    def a_panel_offset(self, row: ir.Value) -> ir.Value:
+        """Offset in the packed A block of the panel starting at block row `row` (a multiple of MR)."""
+        bld = self.fb.b
+        return bld.mul(bld.udiv(row, _const(self.mr)), self.a_panel_stride, flags=NUW_NSW)
+
     # -- micro-kernel ------------------------------------------------------------------------------
     def microkernel(self, nvec: int, rows: list[ir.Value], a_step: int | ir.Value, panel: ir.Value) -> None:
         """tile[r*NR + v*VW ...] = sum_k rows[r][k*a_step] * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
         fb, bld, vty, K = self.fb, self.fb.b, self.vty, self.K
-        mr, vw, U = self.mr, self.vw, self.cfg.unroll
+        mr, vw = self.mr, self.vw
+        U = self.cfg.unroll if nvec == self.nv else min(self.cfg.unroll, 2)  # narrow: last panel only
         nrp = nvec * vw
         fma = _fma(fb.fn.module, vty)
         zero = ir.Constant(vty, None)
@@ -491,6 +512,10 @@ class _Gemm:
             width = bld.and_(bld.add(bld.sub(n_end, n_begin), _const(self.nr - 1)), _const(-self.nr))
             width = _min(bld, _const(self.nc), width)
             self.apack = bld.gep(self.pack, [bld.mul(self.K, width, flags=NUW_NSW)], inbounds=True)
+            # panels K*MR elements apart, plus a cache line once K >= 64: with K*MR*esize often a
+            # multiple of 4 KB, the MC/MR panel streams written per k would share L1 sets
+            pad = bld.select(bld.icmp_signed(">=", self.K, _const(64)), _const(A_PANEL_PAD), _const(0))
+            self.a_panel_stride = bld.add(bld.mul(self.K, _const(self.mr), flags=NUW_NSW), pad, flags=NUW_NSW)
 
         def column_block(jc):
             nc = _min(bld, _const(self.nc), bld.sub(n_end, jc))
@@ -513,7 +538,7 @@ class _Gemm:
                         i0 = bld.add(ic, ir_, flags=NUW_NSW)
                         rows = _min(bld, _const(self.mr), bld.sub(mc, ir_))
                         if self.packed_a:
-                            base = bld.gep(self.apack, [bld.mul(ir_, self.K, flags=NUW_NSW)], inbounds=True)
+                            base = bld.gep(self.apack, [self.a_panel_offset(ir_)], inbounds=True)
                             ptrs = [base if r == 0 else bld.gep(base, [_const(r)], inbounds=True)
                                     for r in range(self.mr)]
                             a_step = self.mr

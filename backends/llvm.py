@@ -20,6 +20,7 @@ from gradc.ir.types import Dim
 
 from gradc.ir.fusion import is_inline
 
+from .gemm import pack_elements
 from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, product
 
 ALIGNMENT = 64
@@ -33,6 +34,8 @@ class Buffer:
     name: str
     factors: tuple[Dim, ...]
     itemsize: int
+    scratch: bool = False
+    """Working memory of one kernel (GEMM packing), not an intermediate value."""
 
     def nbytes(self, dims: dict[str, int]) -> int:
         n = self.itemsize
@@ -63,6 +66,13 @@ class MemoryPlan:
 
     def unshared_nbytes(self, dims: dict[str, int]) -> int:
         return sum(b.nbytes(dims) for slot in self.slots for b in slot)
+
+    def values_nbytes(self, dims: dict[str, int]) -> int:
+        """Bytes of intermediate values written to memory (each counted once, no sharing)."""
+        return sum(b.nbytes(dims) for slot in self.slots for b in slot if not b.scratch)
+
+    def value_names(self) -> list[str]:
+        return [b.name for slot in self.slots for b in slot if not b.scratch]
 
 
 def plan_memory(lifetimes: list[tuple[object, Buffer, int, int]]) -> MemoryPlan:
@@ -120,8 +130,11 @@ class ModuleBuilder:
                     last = max((index[r] for r in readers.get(v, ())), default=index[k])
                     lifetimes.append((v, Buffer(v.name, v.type.shape, v.type.np_dtype.itemsize), index[k], last))
             mm = k.matmul
-            if mm is not None and not mm.attrs["transpose_b"] and mm.result not in k.writes:
-                buf = Buffer(f"{k.name}.row", (mm.result.type.shape[1],), mm.result.type.np_dtype.itemsize)
+            if mm is not None:  # the GEMM's packed panels of B (and of a transposed A)
+                a, b = mm.operands
+                kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
+                factors = pack_elements(kdim, mm.result.type.shape[1], transpose_a=mm.attrs["transpose_a"])
+                buf = Buffer(f"{k.name}.pack", tuple(factors), mm.result.type.np_dtype.itemsize, scratch=True)
                 self.scratch[k] = buf
                 lifetimes.append((k, buf, index[k], index[k]))
         self.memory = plan_memory(lifetimes)

@@ -50,12 +50,12 @@ def main() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
     print(f"seed network value_and_grad step, B={args.batch} n={args.n} m={args.m} p={args.p}, float32")
-    print(f"{'variant':<9} {'kernels':>7} {'temporary MB':>13} {'if unshared':>12}  temporaries")
+    print(f"{'variant':<9} {'kernels':>7} {'values MB':>10} {'workspace MB':>13}  values written to memory")
     for name, fn in variants.items():
-        temps = sorted({k.name for k in fn.fusion.kernels} and
-                       {v.name or "?" for k in fn.fusion.kernels for v in k.writes if v not in graph.outputs})
-        print(f"{name:<9} {fn.kernel_count:>7} {fn.memory.nbytes(dims) / 1e6:>13.3f} "
-              f"{fn.memory.unshared_nbytes(dims) / 1e6:>12.3f}  {', '.join(temps)}")
+        temps = sorted(n or "?" for n in fn.memory.value_names())
+        print(f"{name:<9} {fn.kernel_count:>7} {fn.memory.values_nbytes(dims) / 1e6:>10.3f} "
+              f"{fn.memory.nbytes(dims) / 1e6:>13.3f}  {', '.join(temps)}")
+    print("(values: intermediates stored between kernels; workspace: their shared slots plus GEMM packing)")
     # interleaved repeats so machine noise hits both variants alike
     times = {name: [] for name in variants}
     for _ in range(3):

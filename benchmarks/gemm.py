@@ -176,7 +176,17 @@ def main() -> None:
     default = {} if args.no_threads else numpy_default_threads(sizes, args.dtype, ta, tb, args.seconds)
 
     names = [name for name, _ in variants]
-    print(f"\nGFLOP/s, {args.dtype}, C = {'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}, one thread.")
+    import llvmlite.binding as llvm
+    from gradc.backends.gemm import host_vector_bytes
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        blas = "?"
+    print(f"\nhost {llvm.get_host_cpu_name()} ({host_vector_bytes()}-byte vectors), numpy {np.__version__} "
+          f"with {blas}; compile time per GEMM module: "
+          + ", ".join(f"{n} {v.compile_seconds:.2f} s" for n, v in variants))
+    print(f"GFLOP/s, {args.dtype}, C = {'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}, one thread.")
     print("Rounds call every variant once, interleaved. GFLOP/s: median (best) over rounds; "
           "ratio: median over rounds of numpy's time / ours in the same round (>1: gradc faster).\n")
     header = ["M x K x N", "rounds", "numpy 1T"] + [f"{n}" for n in names] + [f"ratio {n}" for n in names] + \

@@ -1,9 +1,10 @@
 """The emitted GEMM (backends/gemm.py) against numpy: dtypes, transposes, awkward and blocked sizes.
 
 Every variant is a standalone `gemm(c, a, b, pack, M, N, K)` (see `emit_standalone_gemm`); all of
-them live in one module, optimized at O3 and JIT-compiled once. Operands, output and pack region
-sit right before an inaccessible guard page (and the pack region starts unaligned), so reading or
-writing past the end of any of them crashes the test instead of passing silently.
+them live in one module, optimized at O3 and JIT-compiled once. Operands and output end right at
+an inaccessible guard page, and the pack region (exactly `pack_elements` long, starting one element
+past a 64-byte boundary) ends less than 64 bytes before one, so reading or writing past the end of
+any of them crashes the test instead of passing silently.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ import pytest
 from llvmlite import ir
 import llvmlite.binding as llvm
 
-from gradc.backends.gemm import GemmConfig, emit_standalone_gemm, host_vector_bytes, pack_elements
+from gradc.backends.codegen import FunctionBuilder
+from gradc.backends.gemm import (GemmConfig, emit_gemm_range, emit_standalone_gemm, host_vector_bytes,
+                                 pack_elements)
 from gradc.backends.jit import host_target_machine, optimize_module
 
 F32, F64 = ir.FloatType(), ir.DoubleType()
 DTYPES = {"f32": (F32, np.float32), "f64": (F64, np.float64)}
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
-# small blocks: several column blocks, row blocks and narrow last panels even on small problems
+# small row blocks: several row blocks, column blocks and narrow last panels even on small problems
 SMALL_BLOCKS = GemmConfig(nc=128, mc=12)
 AVX2_WIDTH = GemmConfig(vector_bytes=32)   # the AVX2 shape (runs on AVX-512 hosts too)
 
@@ -33,14 +36,44 @@ def affine(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return b.fadd(b.fmul(x, ir.Constant(x.type, 2.0)), ir.Constant(x.type, 1.0))
 
 
-VARIANTS = {}   # name -> (dtype name, transpose_a, transpose_b, transform, config)
-for _d in DTYPES:
-    for _ta, _tb in TRANSPOSES:
-        VARIANTS[f"{_d}_{int(_ta)}{int(_tb)}"] = (_d, _ta, _tb, None, None)
-        VARIANTS[f"{_d}_{int(_ta)}{int(_tb)}_small"] = (_d, _ta, _tb, None, SMALL_BLOCKS)
-    VARIANTS[f"{_d}_00_affine"] = (_d, False, False, affine, None)
-    VARIANTS[f"{_d}_11_avx2"] = (_d, True, True, None, AVX2_WIDTH)
-VARIANTS["f32_00_avx2"] = ("f32", False, False, None, AVX2_WIDTH)
+# name -> (dtype name, transpose_a, transpose_b, transform, config); names are dtype_<ta><tb>[_...]
+VARIANTS = {f"{d}_{int(ta)}{int(tb)}": (d, ta, tb, None, None) for d in DTYPES for ta, tb in TRANSPOSES}
+VARIANTS.update({
+    "f32_00_affine": ("f32", False, False, affine, None),
+    "f32_00_small": ("f32", False, False, None, SMALL_BLOCKS),
+    "f32_11_small_affine": ("f32", True, True, affine, SMALL_BLOCKS),
+    "f64_01_small": ("f64", False, True, None, SMALL_BLOCKS),
+    "f32_10_avx2": ("f32", True, False, None, AVX2_WIDTH),
+    "f64_11_avx2_affine": ("f64", True, True, affine, AVX2_WIDTH),
+})
+
+
+def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bool) -> None:
+    """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns [0, S) and [S, N) as two ranges,
+    each with its own pack region, the way two threads would split the work."""
+    fb = FunctionBuilder(module, name, ["c", "a", "b", "pack0", "pack1"], {"M": 0, "N": 1, "K": 2, "S": 3})
+    fb.fn.linkage = ""  # callable from the test
+    c, a, b, pack0, pack1 = fb.buffers
+    M, N, K, S = (fb.size([d]) for d in "MNKS")
+    bld = fb.b
+    i64 = ir.IntType(64)
+
+    def epilogue(i0, j0, rows, cols, tile, stride):
+        def row(r):
+            base = bld.add(bld.mul(bld.add(i0, r), N), j0)
+
+            def col(cc):
+                x = bld.load(fb.element(tile, bld.add(bld.mul(r, ir.Constant(i64, stride)), cc), fty))
+                bld.store(x, fb.element(c, bld.add(base, cc), fty))
+            fb.loop(cols, col, "c")
+        fb.loop(rows, row, "r")
+
+    emit_gemm_range(fb, fty, a, b, M, N, K, ta, tb, pack0, epilogue, ir.Constant(i64, 0), S)
+    emit_gemm_range(fb, fty, a, b, M, N, K, ta, tb, pack1, epilogue, S, N)
+    bld.ret_void()
+
+
+SPLITS = {f"split_f32_{int(ta)}{int(tb)}": (ta, tb) for ta, tb in [(False, False), (True, True)]}
 
 
 class Compiled:
@@ -50,6 +83,8 @@ class Compiled:
         module.triple, module.data_layout = tm.triple, str(tm.target_data)
         for name, (d, ta, tb, transform, config) in VARIANTS.items():
             emit_standalone_gemm(module, name, DTYPES[d][0], ta, tb, transform, config=config)
+        for name, (ta, tb) in SPLITS.items():
+            emit_split_gemm(module, name, F32, ta, tb)
         self.unoptimized = str(module)
         ref = llvm.parse_assembly(self.unoptimized)
         ref.verify()
@@ -59,6 +94,8 @@ class Compiled:
         self.engine.finalize_object()
         proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, *[ctypes.c_int64] * 3)
         self.fns = {name: proto(self.engine.get_function_address(name)) for name in VARIANTS}
+        split = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
+        self.splits = {name: split(self.engine.get_function_address(name)) for name in SPLITS}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +104,7 @@ def compiled() -> Compiled:
 
 
 class Guarded:
-    """Arrays placed to end right at an inaccessible page (and `shift` bytes past a page start)."""
+    """Arrays in fresh mappings, each followed by an inaccessible (PROT_NONE) page."""
 
     _libc = ctypes.CDLL(None, use_errno=True)
     _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -105,7 +142,7 @@ def run(compiled: Compiled, name: str, M: int, N: int, K: int, seed: int = 0, gu
     c = alloc((M, N))
     c[...] = np.nan
     # the pack region starts one element past a 64-byte boundary: emit_gemm realigns it itself
-    size = int(np.prod(pack_elements(K, N, config)))
+    size = int(np.prod(pack_elements(K, N, config, transpose_a=ta)))
     isize = np.dtype(dtype).itemsize
     if guarded:
         pack_address = g.array((size,), dtype, misalign=isize).ctypes.data
@@ -141,21 +178,21 @@ def test_tiny_and_prime_sizes(compiled, name):
 
 def test_all_sizes_up_to_17(compiled):
     for M, N, K in itertools.product(range(1, 18), repeat=3):
-        name = ["f32_00", "f32_10", "f32_01", "f32_11", "f64_00", "f64_11"][(M + 2 * N + 3 * K) % 6]
+        name = [f"{d}_{t}" for d in DTYPES for t in ("00", "10", "01", "11")][(M + 2 * N + 3 * K) % 8]
         c, ref, _, _ = run(compiled, name, M, N, K, seed=M * 400 + N * 20 + K, guarded=(M + N + K) % 5 == 0)
         check(c, ref, K, DTYPES[name[:3]][1])
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if "_small" in n])
 def test_several_blocks(compiled, name):
-    """nc=128, mc=12: several column blocks, row blocks, narrow last panels and clamped rows."""
+    """mc=12: several row blocks, column blocks, narrow last panels and clamped rows."""
     dtype = DTYPES[VARIANTS[name][0]][1]
     for M, N, K in [(25, 300, 17), (12, 128, 5), (13, 129, 64), (73, 257, 3), (37, 191, 33)]:
         c, ref, _, _ = run(compiled, name, M, N, K, seed=M + N + K)
         check(c, ref, K, dtype)
 
 
-@pytest.mark.parametrize("name", ["f32_00", "f64_11", "f32_00_affine", "f32_11_small"])
+@pytest.mark.parametrize("name", ["f32_00", "f64_11", "f32_00_affine", "f32_11_small_affine"])
 def test_k_zero_gives_zeros(compiled, name):
     c, ref, _, _ = run(compiled, name, 9, 70, 0)
     expected = 1.0 if VARIANTS[name][3] is not None else 0.0
@@ -173,17 +210,42 @@ def test_layer_sized(compiled, name):
 
 
 def test_column_block_boundary(compiled):
-    """N just past the default 1024-column block."""
-    for name in ["f32_00", "f32_01"]:
-        c, ref, _, _ = run(compiled, name, 7, 1025 + 64, 11)
-        check(c, ref, 11, np.float32)
+    """N just past one and two default column blocks."""
+    nc = GemmConfig().nc
+    for name in ["f32_00", "f32_01", "f64_10"]:
+        for N in (nc + 1, 2 * nc + 65):
+            c, ref, _, _ = run(compiled, name, 7, N, 11)
+            check(c, ref, 11, c.dtype)
 
 
 def test_epilogue_transform_placement(compiled):
     """x*2+1 applied once per element (so never on partial sums, never twice, never skipped)."""
-    c, ref, x, y = run(compiled, "f32_00_affine", 19, 75, 23)
-    check(c, ref, 23, np.float32)
-    np.testing.assert_allclose(c, 2 * (x @ y) + 1, rtol=1e-5, atol=1e-4)
+    for name in ["f32_00_affine", "f32_11_small_affine", "f64_11_avx2_affine"]:
+        c, ref, x, y = run(compiled, name, 19, 75, 23)
+        check(c, ref, 23, c.dtype)
+        np.testing.assert_allclose(c, 2 * (x @ y) + 1, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_column_ranges_with_private_packs(compiled, name):
+    """Two emit_gemm_range calls over [0, S) and [S, N), each with its own pack_elements(K, width)."""
+    ta, tb = SPLITS[name]
+    rng = np.random.default_rng(1)
+    for M, N, K, S in [(13, 300, 37, 128), (7, 70, 5, 64), (20, 200, 16, 0), (20, 200, 16, 200), (9, 131, 3, 67)]:
+        g = Guarded()
+        a = g.array((K, M) if ta else (M, K), np.float32)
+        b = g.array((N, K) if tb else (K, N), np.float32)
+        a[...] = rng.standard_normal(a.shape)
+        b[...] = rng.standard_normal(b.shape)
+        c = g.array((M, N), np.float32)
+        c[...] = np.nan
+        packs = [g.array((int(np.prod(pack_elements(K, w, transpose_a=ta))),), np.float32, misalign=4)
+                 for w in (S, N - S)]
+        dims = np.array([M, N, K, S], np.int64)
+        compiled.splits[name](c.ctypes.data, a.ctypes.data, b.ctypes.data, packs[0].ctypes.data,
+                              packs[1].ctypes.data, dims.ctypes.data)
+        ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+        check(c, ref, K, np.float32)
 
 
 def test_vector_fma_in_optimized_ir(compiled):
@@ -192,14 +254,20 @@ def test_vector_fma_in_optimized_ir(compiled):
     assert len(fma) >= 24, "the f32 micro-kernel should be explicit vector FMAs"
     width64 = host_vector_bytes() // 8
     assert re.search(rf"call <{width64} x double> @llvm\.fma\.v{width64}f64\(", compiled.optimized)
+    assert "<4 x double> @llvm.fma.v4f64(" in compiled.optimized  # the AVX2-shaped variant
     # no external calls besides LLVM intrinsics (an unresolved symbol would crash at call time)
     declared = re.findall(r"^declare .*?@([\w.]+)\(", compiled.optimized, re.M)
     assert all(name.startswith("llvm.") for name in declared), declared
 
 
 def test_pack_elements():
-    assert pack_elements("K", "N") == ("K", 1024 + 72 + 16)
-    assert pack_elements(784, 10) == (784, 64 + 72 + 16)
-    assert pack_elements(784, 1000) == (784, 1024 + 72 + 16)
-    assert pack_elements("K", 5000) == ("K", 1024 + 72 + 16)
-    assert pack_elements(3, "N", GemmConfig(nc=128, mc=12)) == (3, 128 + 12 + 16)
+    cfg = GemmConfig()
+    nc, nca, mc = cfg.nc, cfg.nc_packed_a, cfg.mc
+    assert pack_elements("K", "N") == ("K", max(nc, nca) + mc + 16)  # a bound for either transpose_a
+    assert pack_elements("K", "N", transpose_a=False) == ("K", nc + 16)
+    assert pack_elements("K", "N", transpose_a=True) == ("K", nca + mc + 16)
+    assert pack_elements(784, 10) == (784, 64 + mc + 16)
+    assert pack_elements(784, 10, transpose_a=False) == (784, 64 + 16)
+    assert pack_elements(784, 100000, transpose_a=False) == (784, nc + 16)
+    assert pack_elements("K", 5000, transpose_a=True) == ("K", nca + mc + 16)
+    assert pack_elements(3, "N", GemmConfig(nc=1024, mc=12), transpose_a=False) == (3, 1024 + 16)
