@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from llvmlite import ir
 
-from gradc.ir.fusion import Kernel, is_inline
+from gradc.ir.fusion import Kernel
 from gradc.ir.graph import Value
 from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape, squeeze_pairs
@@ -186,7 +186,7 @@ class KernelEmitter(FunctionBuilder):
             return self.cache[key]
         fty = FLOAT_TYPES[v.type.dtype]
         op = v.producer
-        if is_inline(v) and v not in self.inside:
+        if v not in self.inside and v not in self.pointer:
             result = self.inline_value(v)
         elif v not in self.inside:
             result = self.b.load(self.element(self.pointer[v], self.offset(coords, v.type.shape), fty))
@@ -213,7 +213,7 @@ class KernelEmitter(FunctionBuilder):
                 result = self.value_at(x, [coords[pairs[a]] if a in pairs else None for a in range(x.type.rank)])
             else:  # same linear order: read the operand at this element's offset
                 linear = self.offset(coords, v.type.shape)
-                result = self.inline_value(x) if is_inline(x) else \
+                result = self.inline_value(x) if x not in self.pointer else \
                     self.b.load(self.element(self.pointer[x], linear, fty))
         else:
             raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")

@@ -58,8 +58,11 @@ NOT_INSTALLED = "not installed"
 
 # ----------------------------------------------------------------------------- optional peers
 
-def import_peers(without: set[str]):
+def import_peers(without: set[str], single_threaded: bool):
     jax = jnp = torch = None
+    if single_threaded:  # before jax is imported: XLA reads its flags once
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     if "jax" not in without:
         try:
             import jax
@@ -69,7 +72,7 @@ def import_peers(without: set[str]):
     if "torch" not in without:
         try:
             import torch
-            torch.set_num_threads(TORCH_THREADS)
+            torch.set_num_threads(1 if single_threaded else TORCH_THREADS)
         except ImportError:
             torch = None
     return jax, jnp, torch
@@ -280,18 +283,20 @@ def bench_matmul(sizes, repeats, jax, jnp, torch) -> tuple[str, bool]:
         if torch is not None:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             calls["torch"] = lambda: torch.matmul(ta, tb)
-        err = max(relative_error([np.asarray(call())], [want]) for call in calls.values())
-        ok = ok and err <= TOLERANCE
+        errors = {c: relative_error([np.asarray(call())], [want]) for c, call in calls.items()}
+        bad = [c for c, e in errors.items() if not e <= TOLERANCE]
+        ok = ok and not bad
         times = interleaved(calls, repeats)
         gflops = {c: 2.0 * N ** 3 / median(ts) / 1e9 for c, ts in times.items()}
         cells = [f"{N}", f"{gflops['gradc']:.1f}"]
         cells += [f"{gflops[c]:.1f}" if c in gflops else NOT_INSTALLED for c in PEERS]
         cells += [f"{paired_ratio(times, c):.2f}" if c in times else "-" for c in PEERS]
-        cells.append("ok" if err <= TOLERANCE else f"FAIL {err:.1e}")
+        cells.append(("FAIL " + ", ".join(f"{c} {errors[c]:.1e}" for c in bad)) if bad else
+                     f"ok, max {max(errors.values()):.1e}")
         rows.append(cells)
     # the ratio columns are time ratios, peer's time / gradc's, as in the step table
     header = ["N (N x N @ N x N)", "gradc GFLOP/s", "numpy", "jax", "torch",
-              "numpy/gradc", "jax/gradc", "torch/gradc", "check"]
+              "numpy/gradc", "jax/gradc", "torch/gradc", "check vs float64"]
     return table(header, rows), ok
 
 
@@ -382,20 +387,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def openblas_threads() -> str:
-    """numpy's OpenBLAS thread count, asked of the loaded library itself (best effort)."""
+def openblas_function(name: str):
+    """`openblas_<name>` of the OpenBLAS that numpy loaded, under any of its symbol spellings, or None."""
     try:
         with open("/proc/self/maps") as maps:
             paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
         for path in paths:
             lib = ctypes.CDLL(path)
-            for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                           "scipy_openblas_get_num_threads", "openblas_get_num_threads"):
+            for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"scipy_openblas_{name}",
+                           f"openblas_{name}"):
                 if hasattr(lib, symbol):
-                    return str(getattr(lib, symbol)())
+                    return getattr(lib, symbol)
     except OSError:
         pass
-    return "?"
+    return None
+
+
+def openblas_threads() -> str:
+    """numpy's OpenBLAS thread count, asked of the loaded library itself (best effort)."""
+    get = openblas_function("get_num_threads")
+    return str(get()) if get is not None else "?"
 
 
 def gradc_source() -> str:
@@ -418,6 +429,23 @@ def gradc_source() -> str:
     return text
 
 
+def threads_line(args, jax, torch) -> str:
+    if args.single_threaded:
+        parts = ["gradc 1", f"numpy 1 (OpenBLAS reports {openblas_threads()})"]
+        if torch is not None:
+            parts.append(f"torch {torch.get_num_threads()}")
+        if jax is not None:
+            parts.append("jax ~1 (XLA_FLAGS: no multi-threaded Eigen, intra-op parallelism 1; best effort, "
+                         "not a hard limit)")
+        return "threads (--single-threaded): " + "; ".join(parts)
+    parts = ["gradc 1 (its native code is single-threaded)", f"numpy default (OpenBLAS, {openblas_threads()} threads)"]
+    if torch is not None:
+        parts.append(f"torch {torch.get_num_threads()} (torch.set_num_threads({TORCH_THREADS}))")
+    if jax is not None:
+        parts.append("jax default (XLA CPU)")
+    return "threads: " + "; ".join(parts)
+
+
 def header(args, jax, torch) -> str:
     versions = [f"gradc {getattr(gc, '__version__', '') or _dist_version('gradc')}",
                 f"numpy {np.__version__}",
@@ -429,10 +457,7 @@ def header(args, jax, torch) -> str:
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({platform.machine()}); shared, so timings are noisy",
         "versions: " + ", ".join(versions),
         gradc_source(),
-        f"threads: gradc 1 (its native code is single-threaded); numpy default (OpenBLAS, "
-        f"{openblas_threads()} threads); "
-        + (f"torch {torch.get_num_threads()} (torch.set_num_threads({TORCH_THREADS})); " if torch is not None else "")
-        + ("jax default (XLA CPU)" if jax is not None else ""),
+        threads_line(args, jax, torch),
         f"timing: {args.repeats} rounds per table, contenders interleaved in rotating order, median over rounds;",
         "        ratio = median over rounds of (peer's time / gradc's time in the same round): > 1 means gradc is faster",
     ]
@@ -457,6 +482,9 @@ def main() -> int:
                         help="5 rounds, no 'large' step and no 2048 matmul (under a minute)")
     parser.add_argument("--without", default="", help="act as if these peers were not installed: jax,torch")
     parser.add_argument("--skip", default="", help="sections to leave out: step,matmul,compile,overhead")
+    parser.add_argument("--single-threaded", action="store_true",
+                        help="run numpy (OpenBLAS), torch and jax (XLA) on one thread, like gradc: a fairer "
+                             "comparison when other processes keep the machine's cores busy")
     args = parser.parse_args()
 
     if args.sizes is None:
@@ -474,7 +502,13 @@ def main() -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     without = {s.strip() for s in args.without.split(",") if s.strip()}
 
-    jax, jnp, torch = import_peers(without)
+    jax, jnp, torch = import_peers(without, args.single_threaded)
+    if args.single_threaded:
+        set_threads = openblas_function("set_num_threads")
+        if set_threads is None:
+            parser.error("--single-threaded: cannot find numpy's OpenBLAS to set its thread count "
+                         "(set OPENBLAS_NUM_THREADS=1 instead)")
+        set_threads(1)
     started = time.perf_counter()
     print(header(args, jax, torch))
     ok = True

@@ -135,9 +135,9 @@ class _Fuser:
 
     def run(self) -> FusionResult:
         for op in reversed(self.graph.ops):
-            if is_inline(op.result):
-                continue
-            readers = [u for u in self.users.get(op.result, []) if not is_inline(u.result)]
+            readers = [u for u in self.users.get(op.result, []) if u in self.kernel_of]
+            if is_inline(op.result) and not any(u.name == "matmul" for u in readers):
+                continue  # computed where read; a matmul operand, though, must be in memory
             reason = self._try_join(op, readers) if readers else None
             if reason is not None or not readers:
                 if reason is not None:
@@ -288,10 +288,11 @@ class _Fuser:
 
 def set_reads_and_writes(graph: Graph, kernels: list[Kernel]) -> None:
     read_elsewhere: set[Value] = set()
+    produced = {op.result for k in kernels for op in k.ops}
     for k in kernels:
         inside = {op.result for op in k.ops}
         k.reads = list(dict.fromkeys(v for op in k.ops for v in op.operands
-                                     if v not in inside and not is_inline(v)))
+                                     if v not in inside and (v.producer is None or v in produced)))
         read_elsewhere.update(k.reads)
     outputs = set(graph.outputs)
     for k in kernels:
@@ -300,7 +301,8 @@ def set_reads_and_writes(graph: Graph, kernels: list[Kernel]) -> None:
 
 def fused_graph(graph: Graph, result: FusionResult) -> Graph:
     """`graph` with its ops in kernel order (inline values first), carrying the kernels."""
-    inline = [op for op in graph.ops if is_inline(op.result)]
+    in_kernels = {op for k in result.kernels for op in k.ops}
+    inline = [op for op in graph.ops if op not in in_kernels]
     return Graph(graph.name, list(graph.inputs), inline + [op for k in result.kernels for op in k.ops],
                  list(graph.outputs), result.kernels)
 
