@@ -79,16 +79,21 @@ def product(b: ir.IRBuilder, dims: ir.Value, symbols: dict[str, int], factors: S
 class FunctionBuilder:
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
-    def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int]) -> None:
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1))
+    def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int],
+                 threaded: bool = False) -> None:
+        """`threaded`: the function also takes (i64 thread, i64 threads) and does its share of the work."""
+        extra = [I64, I64] if threaded else []
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1) + extra)
         self.fn = ir.Function(module, fnty, name)
         self.fn.linkage = "internal"
-        for arg, arg_name in zip(self.fn.args, buffer_names + ["dims"]):
+        for arg, arg_name in zip(self.fn.args, buffer_names + ["dims", "thread", "threads"]):
             arg.name = arg_name
-        for arg in self.fn.args[:-1]:
+        self.thread, self.threads = (self.fn.args[-2], self.fn.args[-1]) if threaded else (None, None)
+        self._dims_arg = self.fn.args[len(buffer_names)]
+        for arg in self.fn.args[:len(buffer_names)]:
             arg.add_attribute("noalias")  # every buffer of a kernel is a distinct allocation
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.buffers = list(self.fn.args[:-1])
+        self.buffers = list(self.fn.args[:len(buffer_names)])
         self.symbols = symbols
         self._sizes: dict[tuple, ir.Value] = {}
 
@@ -98,15 +103,29 @@ class FunctionBuilder:
         if key not in self._sizes:
             with self.b.goto_block(self.fn.entry_basic_block):
                 self.b.position_at_start(self.fn.entry_basic_block)
-                self._sizes[key] = product(self.b, self.fn.args[-1], self.symbols, factors)
+                self._sizes[key] = product(self.b, self._dims_arg, self.symbols, factors)
         return self._sizes[key]
 
     def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
         with self.b.goto_entry_block():
             return self.b.alloca(ty, name=name)
 
-    def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str) -> None:
+    def share(self, count: ir.Value, multiple: int = 1) -> tuple[ir.Value, ir.Value]:
+        """This thread's part [begin, end) of range(count), cut at multiples of `multiple`."""
         b = self.b
+
+        def cut(t: ir.Value) -> ir.Value:
+            at = b.udiv(b.mul(count, t), self.threads)
+            if multiple > 1:
+                at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple - 1)), ir.Constant(I64, multiple)),
+                           ir.Constant(I64, multiple))
+            return b.select(b.icmp_unsigned("<", at, count), at, count)
+        return cut(self.thread), cut(b.add(self.thread, ir.Constant(I64, 1)))
+
+    def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
+             start: ir.Value | None = None) -> None:
+        b = self.b
+        first = ir.Constant(I64, 0) if start is None else start
         start = b.block
         header = self.fn.append_basic_block(f"{name}.header")
         inner = self.fn.append_basic_block(f"{name}.body")
@@ -114,7 +133,7 @@ class FunctionBuilder:
         b.branch(header)
         b.position_at_end(header)
         index = b.phi(I64, name=name)
-        index.add_incoming(ir.Constant(I64, 0), start)
+        index.add_incoming(first, start)
         b.cbranch(b.icmp_signed("<", index, count), inner, done)
         b.position_at_end(inner)
         body(index)
@@ -122,13 +141,17 @@ class FunctionBuilder:
         b.branch(header)
         b.position_at_end(done)
 
-    def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str) -> None:
-        """Loops over every index of `extents`, outermost first."""
+    def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str,
+             shared: bool = False) -> None:
+        """Loops over every index of `extents`, outermost first; `shared`: this thread's outer rows only."""
         def level(axis: int, indices: list[ir.Value]) -> None:
             if axis == len(extents):
                 body(indices)
-            else:
-                self.loop(self.size([extents[axis]]), lambda i: level(axis + 1, indices + [i]), f"{name}{axis}")
+                return
+            count, start = self.size([extents[axis]]), None
+            if shared and axis == 0:
+                start, count = self.share(count)
+            self.loop(count, lambda i: level(axis + 1, indices + [i]), f"{name}{axis}", start)
         level(0, [])
 
     def offset(self, coords: Coords, shape: Shape) -> ir.Value:
@@ -157,6 +180,16 @@ class FunctionBuilder:
         return op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
 
 
+def is_parallel(kernel: Kernel) -> bool:
+    """Kernels whose work splits across threads without changing a single result bit: a GEMM by
+    output columns, loops by outer rows. Whole-tensor reductions stay on one thread."""
+    reductions = any(op.opdef.kind == REDUCTION for op in kernel.ops)
+    if kernel.matmul is not None:
+        return not reductions
+    outer = kernel.kept() if kernel.reduced is not None else tuple(range(len(kernel.domain)))
+    return len(outer) > 0
+
+
 class KernelEmitter(FunctionBuilder):
     """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads."""
 
@@ -164,7 +197,7 @@ class KernelEmitter(FunctionBuilder):
                  symbols: dict[str, int], scratch: bool) -> None:
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
         super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}",
-                         names + (["scratch"] if scratch else []), symbols)
+                         names + (["scratch"] if scratch else []), symbols, threaded=is_parallel(kernel))
         self.kernel = kernel
         self.inside = {op.result for op in kernel.ops}
         self.pointer = dict(zip(writes + reads, self.buffers))
@@ -262,7 +295,7 @@ class KernelEmitter(FunctionBuilder):
         if self.kernel.matmul is not None:
             self._emit_matmul()
         elif self.kernel.reduced is None:
-            self.nest(self.kernel.domain, self._epilogue, "i")
+            self.nest(self.kernel.domain, self._epilogue, "i", shared=True)
         else:
             self._emit_reduction_loops()
         self.b.ret_void()
@@ -305,11 +338,11 @@ class KernelEmitter(FunctionBuilder):
             for a, i in zip(kept, kept_index):
                 coords[a] = i
             self._epilogue(coords, late)
-        self.nest([k.domain[a] for a in kept], outer, "o")
+        self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
         """The register-blocked GEMM; its per-tile epilogue evaluates the kernel's fused ops."""
-        from .gemm import emit_gemm
+        from .gemm import emit_gemm, emit_gemm_range, gemm_nr, pack_elements
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -335,8 +368,15 @@ class KernelEmitter(FunctionBuilder):
                 self.loop(cols, col, "tile.c")
             self.loop(rows, row, "tile.r")
 
-        emit_gemm(self, fty, self.pointer[a], self.pointer[b], self.size([m]), self.size([n]),
-                  self.size([kdim]), ta, tb, self.scratch, tile_epilogue)
+        M, N, K = self.size([m]), self.size([n]), self.size([kdim])
+        if self.thread is None:
+            emit_gemm(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb, self.scratch, tile_epilogue)
+        else:  # each thread its own columns and its own packing area
+            begin, end = self.share(N, multiple=gemm_nr(fty))
+            per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))
+            pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
+            emit_gemm_range(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb,
+                            bld.bitcast(pack, PTR), tile_epilogue, begin, end)
         self.cache = {}
         for r, acc_ptr in accs.items():
             self.registers[r.result] = bld.load(acc_ptr)

@@ -104,6 +104,11 @@ class GemmConfig:
 DEFAULT_CONFIG = GemmConfig()
 
 
+def gemm_nr(fty: ir.Type, config: GemmConfig | None = None) -> int:
+    """Output columns per micro-kernel tile: thread ranges cut at multiples of it keep panels whole."""
+    return (config or DEFAULT_CONFIG).nr(fty)
+
+
 def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None, *,
                   transpose_a: bool | None = None) -> tuple:
     """Size of the `pack` scratch emit_gemm needs, in elements of the GEMM's float type, as factors.

@@ -14,6 +14,10 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse, unfused
 
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
+from .threads import POOL
+
+PARALLEL_WORK = 4e6
+_Sync = ctypes.c_int64 * 1  # the barrier counter of one parallel call
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -72,8 +76,9 @@ class NativeFunction:
         self.llvm_ir = str(module)
         self._engine = llvm.create_mcjit_compiler(module, tm)
         self._engine.finalize_object()
-        self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
+        self._entry = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(
             self._engine.get_function_address(ENTRY))
+        self._work_terms = builder.work()
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
         self._static_workspace = None if self.symbols else int(self._workspace_size(None))
@@ -93,6 +98,17 @@ class NativeFunction:
         self._outputs = [(t.np_dtype, [(index.get(d), d) for d in t.shape]) for t in self.output_types]
         self._static_shapes = None if self.symbols else self._output_shapes([])
         self._per_thread = threading.local()  # a workspace per thread: calls never share one
+        self._static_work = None if self.symbols else self._work([])
+
+    def _work(self, dims: Sequence[int]) -> float:
+        index = {s: i for i, s in enumerate(self.symbols)}
+        total = 0.0
+        for coefficient, factors in self._work_terms:
+            n = float(coefficient)
+            for d in factors:
+                n *= dims[index[d]] if isinstance(d, str) else d
+            total += n
+        return total
 
     def _output_shapes(self, dims: Sequence[int]) -> list[tuple[tuple, np.dtype]]:
         return [(tuple(d if i is None else dims[i] for i, d in spec), dtype) for dtype, spec in self._outputs]
@@ -154,5 +170,9 @@ class NativeFunction:
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
         size = self._static_workspace if self._static_workspace is not None else self._workspace_size(dims)
         pointers = self._pointers(*(a.ctypes.data for a in arrays), *(o.ctypes.data for o in outputs))
-        self._entry(pointers, dims, self._workspace(size))
+        workspace = self._workspace(size)
+        work = self._static_work if self._static_work is not None else self._work(dims)
+        # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
+        if work < PARALLEL_WORK or not POOL.run(self._entry, pointers, dims, workspace, _Sync(), POOL.threads):
+            self._entry(pointers, dims, workspace, None, 1, 0)
         return outputs

@@ -21,7 +21,8 @@ from gradc.ir.types import Dim
 from gradc.ir.fusion import is_inline
 
 from .gemm import pack_elements
-from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, product
+from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, is_parallel, product
+from .threads import MAX_THREADS
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
@@ -134,19 +135,33 @@ class ModuleBuilder:
                 a, b = mm.operands
                 kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
                 factors = pack_elements(kdim, mm.result.type.shape[1], transpose_a=mm.attrs["transpose_a"])
-                buf = Buffer(f"{k.name}.pack", tuple(factors), mm.result.type.np_dtype.itemsize, scratch=True)
+                copies = (MAX_THREADS,) if is_parallel(k) else ()  # one packing area per thread
+                buf = Buffer(f"{k.name}.pack", tuple(factors) + copies, mm.result.type.np_dtype.itemsize,
+                             scratch=True)
                 self.scratch[k] = buf
                 lifetimes.append((k, buf, index[k], index[k]))
         self.memory = plan_memory(lifetimes)
         for key, slot in self.memory.slot_of.items():
             self.location[key] = ("temp", slot)
 
+    def work(self) -> list[tuple[int, tuple]]:
+        """Rough operation counts per kernel, as (coefficient, dims to multiply): GEMMs 2·M·N·K."""
+        terms = []
+        for k in self.kernels:
+            if k.matmul is not None:
+                a = k.matmul.operands[0]
+                kdim = a.type.shape[0] if k.matmul.attrs["transpose_a"] else a.type.shape[1]
+                terms.append((2, tuple(k.domain) + (kdim,)))
+            else:
+                terms.append((len(k.ops), tuple(k.domain)))
+        return terms
+
     def build(self) -> ir.Module:
         calls = []
         for k in self.kernels:
             emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, k in self.scratch)
             buffers = k.writes + k.reads + ([k] if k in self.scratch else [])
-            calls.append((emitter.emit(), [self.location[v] for v in buffers]))
+            calls.append((emitter.emit(), [self.location[v] for v in buffers], emitter.thread is not None))
         for j, v in self.output_copies:
             calls.append(self._output_copy(j, v))
         self._build_entry(calls)
@@ -164,7 +179,7 @@ class ModuleBuilder:
             f.b.store(value, f.element(f.buffers[0], offset, fty))
         f.nest(v.type.shape, body, "i")
         f.b.ret_void()
-        return f.fn, [("arg", len(self.graph.inputs) + j)] + [self.location[x] for x in sources]
+        return f.fn, [("arg", len(self.graph.inputs) + j)] + [self.location[x] for x in sources], False
 
     def _slot_offsets(self, b: ir.IRBuilder, dims: ir.Value) -> tuple[list[ir.Value], ir.Value]:
         offsets, total = [], ir.Constant(I64, 0)
@@ -179,11 +194,18 @@ class ModuleBuilder:
         return offsets, total
 
     def _build_entry(self, calls: list) -> None:
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]), ENTRY)
-        args, dims, workspace = fn.args
-        args.name, dims.name, workspace.name = "args", "dims", "workspace"
+        """Every thread runs the entry: shared kernels split their work, the others run on thread 0,
+        and all threads meet at a barrier after each kernel, since the next may read its results."""
+        fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
+        fn = ir.Function(self.module, fnty, ENTRY)
+        args, dims, workspace, sync, threads, thread = fn.args
+        for arg, name in zip(fn.args, ["args", "dims", "workspace", "sync", "threads", "thread"]):
+            arg.name = name
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         offsets, _ = self._slot_offsets(b, dims)
+        counter = b.bitcast(sync, I64.as_pointer())
+        several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
+        main = b.icmp_unsigned("==", thread, ir.Constant(I64, 0))
 
         def pointer(location: tuple[str, int]) -> ir.Value:
             kind, i = location
@@ -191,9 +213,39 @@ class ModuleBuilder:
                 return b.gep(workspace, [offsets[i]], inbounds=True)
             return b.load(b.gep(b.bitcast(args, PTR.as_pointer()), [ir.Constant(I64, i)], inbounds=True))
 
-        for function, locations in calls:
-            b.call(function, [pointer(loc) for loc in locations] + [dims])
+        for n, (function, locations, threaded) in enumerate(calls, start=1):
+            operands = [pointer(loc) for loc in locations] + [dims]
+            if threaded:
+                b.call(function, operands + [thread, threads])
+            else:
+                with b.if_then(main):
+                    b.call(function, operands)
+            with b.if_then(several):
+                self._barrier(fn, b, counter, b.mul(threads, ir.Constant(I64, n)))
         b.ret_void()
+
+    def _barrier(self, fn: ir.Function, b: ir.IRBuilder, counter: ir.Value, target: ir.Value) -> None:
+        """Spin until `target` arrivals, yielding the core now and then: when another process holds
+        the other core, pure spinning would wait out whole scheduler time slices."""
+        b.atomic_rmw("add", counter, ir.Constant(I64, 1), "seq_cst")
+        start = b.block
+        wait = fn.append_basic_block("barrier.wait")
+        done = fn.append_basic_block("barrier.done")
+        b.branch(wait)
+        b.position_at_end(wait)
+        spins = b.phi(I64, name="spins")
+        spins.add_incoming(ir.Constant(I64, 0), start)
+        arrived = b.load_atomic(counter, "acquire", 8)
+        if "x86" in self.module.triple:  # tell the core it is a spin loop
+            b.call(self._declare("llvm.x86.sse2.pause", ir.VoidType()), [])
+        with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
+            b.call(self._declare("sched_yield", ir.IntType(32)), [])
+        spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
+        b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
+        b.position_at_end(done)
+
+    def _declare(self, name: str, result: ir.Type) -> ir.Function:
+        return self.module.globals.get(name) or ir.Function(self.module, ir.FunctionType(result, []), name)
 
     def _build_workspace_size(self) -> None:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)

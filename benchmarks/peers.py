@@ -1,7 +1,7 @@
 """Peers, measured: the seed network's training step in gradc against numpy by hand, JAX and PyTorch.
 
     python benchmarks/peers.py [--sizes tiny,small,medium,large] [--repeats 15] [--quick]
-                               [--without jax,torch]
+                               [--single-threaded] [--without jax,torch] [--skip SECTIONS]
 
     pip install -e '.[bench]'     # JAX and PyTorch (CPU build); without them their columns say so
 
@@ -23,8 +23,10 @@ Timing: every section runs `--repeats` rounds; a round takes one sample of every
 order that rotates from round to round, so that a slow phase of a shared machine hits all of them.
 A sample of a fast call times a loop of calls (sized to last about 10 ms) and divides. Tables show
 the median over rounds; a ratio is the median over rounds of (peer's time / gradc's time) in the same
-round: above 1, gradc is faster. Threads: gradc's native code runs on one thread; numpy (OpenBLAS) and
-JAX (XLA) run with their default thread counts; PyTorch with torch.set_num_threads(2).
+round: above 1, gradc is faster. "cores used" is the process's CPU time over wall time while a
+contender ran. Threads: gradc as it comes; numpy (OpenBLAS) and JAX (XLA) with their default thread
+counts; PyTorch with torch.set_num_threads(2). --single-threaded asks each peer for one thread and
+pins every thread of the process to one CPU.
 """
 from __future__ import annotations
 
@@ -169,23 +171,38 @@ def inner_count(call) -> int:
     return max(1, min(100_000, math.ceil(SAMPLE_SECONDS / max(once, 1e-9))))
 
 
-def sample(call, count: int) -> float:
-    start = time.perf_counter()
+def sample(call, count: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process, every thread) for `count` calls."""
+    cpu, start = time.process_time(), time.perf_counter()
     for _ in range(count):
         call()
-    return (time.perf_counter() - start) / count
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
+class Timings(dict):
+    """name -> seconds per call, one entry per round; `.cores[name]`: CPU time / wall time over all rounds."""
+    cores: dict[str, float]
+
+
+def interleaved(calls: dict, repeats: int) -> Timings:
     """Seconds per call of each contender, one sample per round, order rotating each round."""
     counts = {name: inner_count(call) for name, call in calls.items()}
     names = list(calls)
-    times = {name: [] for name in names}
+    times, wall, cpu = Timings({name: [] for name in names}), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(sample(calls[name], counts[name]))
+            w, c = sample(calls[name], counts[name])
+            times[name].append(w / counts[name])
+            wall[name] += w
+            cpu[name] += c
+    times.cores = {name: cpu[name] / max(wall[name], 1e-12) for name in names}
     return times
+
+
+def cores_cell(times: Timings) -> str:
+    """'gradc/numpy/jax/torch' cores used, '-' for a peer not measured."""
+    return "/".join(f"{times.cores[c]:.1f}" if c in times.cores else "-" for c in ("gradc",) + PEERS)
 
 
 def median(ts) -> float:
@@ -259,11 +276,12 @@ def bench_steps(sizes, repeats, jax, jnp, torch) -> tuple[str, bool]:
         cells = [name, f"{B}, {n}, {m}, {p}", fmt_time(median(times["gradc"]))]
         cells += [fmt_time(median(times[c])) if c in times else NOT_INSTALLED for c in PEERS]
         cells += [f"{paired_ratio(times, c):.2f}" if c in times else "-" for c in PEERS]
+        cells.append(cores_cell(times))
         cells.append(("FAIL " + ", ".join(f"{c} {errors[c]:.1e}" for c in bad)) if bad else
                      f"ok, max {max(errors.values()):.1e}")
         rows.append(cells)
     header = ["size", "B, n, m, p", "gradc", "numpy", "jax", "torch",
-              "numpy/gradc", "jax/gradc", "torch/gradc", "check vs float64"]
+              "numpy/gradc", "jax/gradc", "torch/gradc", "cores used g/n/j/t", "check vs float64"]
     return table(header, rows), ok
 
 
@@ -291,12 +309,13 @@ def bench_matmul(sizes, repeats, jax, jnp, torch) -> tuple[str, bool]:
         cells = [f"{N}", f"{gflops['gradc']:.1f}"]
         cells += [f"{gflops[c]:.1f}" if c in gflops else NOT_INSTALLED for c in PEERS]
         cells += [f"{paired_ratio(times, c):.2f}" if c in times else "-" for c in PEERS]
+        cells.append(cores_cell(times))
         cells.append(("FAIL " + ", ".join(f"{c} {errors[c]:.1e}" for c in bad)) if bad else
                      f"ok, max {max(errors.values()):.1e}")
         rows.append(cells)
     # the ratio columns are time ratios, peer's time / gradc's, as in the step table
     header = ["N (N x N @ N x N)", "gradc GFLOP/s", "numpy", "jax", "torch",
-              "numpy/gradc", "jax/gradc", "torch/gradc", "check vs float64"]
+              "numpy/gradc", "jax/gradc", "torch/gradc", "cores used g/n/j/t", "check vs float64"]
     return table(header, rows), ok
 
 
@@ -387,6 +406,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def pin_to_one_cpu() -> int | None:
+    """Pin every thread of this process to one CPU (threads started later inherit it); that CPU or None.
+
+    Thread-count settings are requests a library may not honour in full (XLA's are not a hard limit);
+    affinity is. On a shared machine the chosen CPU may be the busy one, but then every contender
+    shares it alike, round after round.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+    except OSError:
+        return None
+    return cpu
+
+
 def openblas_function(name: str):
     """`openblas_<name>` of the OpenBLAS that numpy loaded, under any of its symbol spellings, or None."""
     try:
@@ -431,14 +471,16 @@ def gradc_source() -> str:
 
 def threads_line(args, jax, torch) -> str:
     if args.single_threaded:
-        parts = ["gradc 1", f"numpy 1 (OpenBLAS reports {openblas_threads()})"]
+        parts = ["gradc as it comes", f"numpy 1 (OpenBLAS reports {openblas_threads()})"]
         if torch is not None:
             parts.append(f"torch {torch.get_num_threads()}")
         if jax is not None:
-            parts.append("jax ~1 (XLA_FLAGS: no multi-threaded Eigen, intra-op parallelism 1; best effort, "
-                         "not a hard limit)")
-        return "threads (--single-threaded): " + "; ".join(parts)
-    parts = ["gradc 1 (its native code is single-threaded)", f"numpy default (OpenBLAS, {openblas_threads()} threads)"]
+            parts.append("jax 1 asked through XLA_FLAGS (no multi-threaded Eigen, intra-op parallelism 1)")
+        cpu = getattr(args, "pinned_cpu", None)
+        pinned = (f"; and every thread of the process pinned to CPU {cpu}" if cpu is not None else
+                  "; the process could not be pinned to one CPU, so the jax figures may use more")
+        return "threads (--single-threaded): " + "; ".join(parts) + pinned
+    parts = ["gradc as it comes", f"numpy default (OpenBLAS, {openblas_threads()} threads)"]
     if torch is not None:
         parts.append(f"torch {torch.get_num_threads()} (torch.set_num_threads({TORCH_THREADS}))")
     if jax is not None:
@@ -459,7 +501,9 @@ def header(args, jax, torch) -> str:
         gradc_source(),
         threads_line(args, jax, torch),
         f"timing: {args.repeats} rounds per table, contenders interleaved in rotating order, median over rounds;",
-        "        ratio = median over rounds of (peer's time / gradc's time in the same round): > 1 means gradc is faster",
+        "        ratio = median over rounds of (peer's time / gradc's time in the same round): > 1 means gradc is faster;",
+        "        cores used = the process's CPU time / wall time while each contender ran (every thread, including "
+        "another library's pool still spinning after its own call)",
     ]
     return "\n".join(lines)
 
@@ -509,6 +553,7 @@ def main() -> int:
             parser.error("--single-threaded: cannot find numpy's OpenBLAS to set its thread count "
                          "(set OPENBLAS_NUM_THREADS=1 instead)")
         set_threads(1)
+        args.pinned_cpu = pin_to_one_cpu()
     started = time.perf_counter()
     print(header(args, jax, torch))
     ok = True

@@ -26,7 +26,7 @@ def test_example_models_pass(name):
     fn = load(name)
     result = check_grad(fn, *random_arguments(annotated_types(fn), {"B": 5}, seed=1))
     assert result.ok and set(result.errors) == set(gc.tracing.parameter_names(fn))
-    assert max(result.errors.values()) < 1e-6
+    assert max(result.errors.values()) < 1e-5  # central differences in float64 resolve about 1e-6
     assert "all 4 gradients agree" in str(result) or "all 8 gradients agree" in str(result)
 
 
