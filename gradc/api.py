@@ -107,6 +107,7 @@ class Compiled:
         self.annotated = annotated_types(fn)
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
+        self._annotated_compiled: tuple[Lowered, Any] | None = None
         self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
@@ -160,7 +161,9 @@ class Compiled:
 
     def __call__(self, *args: Any) -> Any:
         if self.annotated is not None:
-            lowered, (structure, n_out) = self._compile(self.annotated)
+            if self._annotated_compiled is None:
+                self._annotated_compiled = self._compile(self.annotated)
+            lowered, (structure, n_out) = self._annotated_compiled
         else:
             try:
                 signature = tuple((a.dtype, a.shape) for a in args)
