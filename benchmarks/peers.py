@@ -1,7 +1,8 @@
 """Peers, measured: the seed network's training step in gradc against numpy by hand, JAX and PyTorch.
 
     python benchmarks/peers.py [--sizes tiny,small,medium,large] [--repeats 15] [--quick]
-                               [--single-threaded] [--without jax,torch] [--skip SECTIONS]
+                               [--single-threaded] [--settle 0.2] [--without jax,torch]
+                               [--skip step,matmul,compile,overhead]
 
     pip install -e '.[bench]'     # JAX and PyTorch (CPU build); without them their columns say so
 
@@ -21,6 +22,8 @@ Sections: (1) the training step at each size; (2) a matmul alone, C = A @ B squa
 
 Timing: every section runs `--repeats` rounds; a round takes one sample of every contender, in an
 order that rotates from round to round, so that a slow phase of a shared machine hits all of them.
+Before each sample the script pauses (`--settle`, 0.2 s) so that the previous contender's thread
+pool, which busy-waits for a while after a call, is asleep and does not compete with the next.
 A sample of a fast call times a loop of calls (sized to last about 10 ms) and divides. Tables show
 the median over rounds; a ratio is the median over rounds of (peer's time / gradc's time) in the same
 round: above 1, gradc is faster. "cores used" is the process's CPU time over wall time while a
@@ -53,6 +56,9 @@ SIZES = {  # name: (B, n, m, p) -- x: B x n, U: m x n, V: p x m, y: B x p
 MATMUL_SIZES = (256, 512, 1024, 2048)
 TORCH_THREADS = 2  # the machine has 2 cores; more threads would only oversubscribe them
 SAMPLE_SECONDS = 0.010  # a sample of a fast call loops for about this long
+# Pause before each sample, so that the previous contender's idle thread pool (OpenBLAS and OpenMP
+# threads busy-wait for a while after a call) has gone to sleep and does not compete with the next.
+SETTLE_SECONDS = 0.2  # --settle; 0.05 s was too short for torch's OpenMP pool here, 0.1-0.2 s enough
 TOLERANCE = 1e-3  # max |result - float64 reference| / max |reference|, per output
 PEERS = ("numpy", "jax", "torch")
 NOT_INSTALLED = "not installed"
@@ -192,6 +198,8 @@ def interleaved(calls: dict, repeats: int) -> Timings:
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            if SETTLE_SECONDS > 0:
+                time.sleep(SETTLE_SECONDS)
             w, c = sample(calls[name], counts[name])
             times[name].append(w / counts[name])
             wall[name] += w
@@ -500,7 +508,8 @@ def header(args, jax, torch) -> str:
         "versions: " + ", ".join(versions),
         gradc_source(),
         threads_line(args, jax, torch),
-        f"timing: {args.repeats} rounds per table, contenders interleaved in rotating order, median over rounds;",
+        f"timing: {args.repeats} rounds per table, contenders interleaved in rotating order, a {args.settle:g} s pause "
+        "before each sample, median over rounds;",
         "        ratio = median over rounds of (peer's time / gradc's time in the same round): > 1 means gradc is faster;",
         "        cores used = the process's CPU time / wall time while each contender ran (every thread, including "
         "another library's pool still spinning after its own call)",
@@ -517,6 +526,7 @@ def _dist_version(name: str) -> str:
 
 
 def main() -> int:
+    global SETTLE_SECONDS  # --settle sets it for interleaved()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=None,
@@ -526,6 +536,9 @@ def main() -> int:
                         help="5 rounds, no 'large' step and no 2048 matmul (under a minute)")
     parser.add_argument("--without", default="", help="act as if these peers were not installed: jax,torch")
     parser.add_argument("--skip", default="", help="sections to leave out: step,matmul,compile,overhead")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                        help=f"seconds to pause before each sample, so the previous contender's thread "
+                             f"pool goes idle (default {SETTLE_SECONDS})")
     parser.add_argument("--single-threaded", action="store_true",
                         help="run numpy (OpenBLAS), torch and jax (XLA) on one thread, like gradc: a fairer "
                              "comparison when other processes keep the machine's cores busy")
@@ -542,6 +555,9 @@ def main() -> int:
         args.repeats = 5 if args.quick else 15
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.settle < 0:
+        parser.error("--settle must not be negative")
+    SETTLE_SECONDS = args.settle
     matmul_sizes = [N for N in MATMUL_SIZES if not (args.quick and N == 2048)]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     without = {s.strip() for s in args.without.split(",") if s.strip()}
