@@ -31,6 +31,7 @@ def append_adjoint(graph: Graph, wrt: Sequence[int], loss_index: int = 0) -> Gra
     active = ({loss} | nx.ancestors(flow, loss)) & set().union(
         *({t} | nx.descendants(flow, t) for t in targets))
 
+    forward_ops = len(graph.ops)
     builder = Builder(graph, lambda: f"{loss.producer.loc} vjp(seed)".strip() if loss.producer else "")
     cotangents: dict[Value, Sym] = {loss: builder.const(1.0, loss.type.dtype)}
     for op in list(reversed(graph.ops)):
@@ -57,7 +58,16 @@ def append_adjoint(graph: Graph, wrt: Sequence[int], loss_index: int = 0) -> Gra
             grad = builder.const(0.0, t.type.dtype).broadcast_to(t.type.shape, ())
         grads.append(_finish(grad, t).value)
     graph.outputs = graph.outputs + grads
+    _prune_adjoint(graph, forward_ops)
     return graph
+
+
+def _prune_adjoint(graph: Graph, forward_ops: int) -> None:
+    """Drop adjoint ops no gradient needs: VJP rules also give cotangents for operands that are
+    not differentiated (inputs outside `wrt`, constants)."""
+    flow = graph.to_networkx()
+    live = set(graph.outputs).union(*(nx.ancestors(flow, v) for v in graph.outputs))
+    graph.ops = graph.ops[:forward_ops] + [op for op in graph.ops[forward_ops:] if op.result in live]
 
 
 def _finish(cotangent: Sym, primal: Value) -> Sym:
