@@ -540,8 +540,8 @@ def main() -> int:
                         help=f"seconds to pause before each sample, so the previous contender's thread "
                              f"pool goes idle (default {SETTLE_SECONDS})")
     parser.add_argument("--single-threaded", action="store_true",
-                        help="run numpy (OpenBLAS), torch and jax (XLA) on one thread, like gradc: a fairer "
-                             "comparison when other processes keep the machine's cores busy")
+                        help="ask numpy (OpenBLAS), torch and jax (XLA) for one thread each and pin every thread "
+                             "of the process to one CPU: a fair comparison when other processes keep a core busy")
     args = parser.parse_args()
 
     if args.sizes is None:
