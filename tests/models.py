@@ -1,9 +1,22 @@
 """Model definitions shared by the front-end, text, pass and runtime tests, with numpy references."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 import gradc as gc
+
+EXAMPLE_MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
+
+
+def load_example(name: str):
+    """The `loss` function of examples/models/<name>.py, as the gradc command line loads it."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLE_MODELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.loss
 
 
 # --- the seed network ---------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """check_grad: compiled gradients against float64 central differences, and its clear failures."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,14 +9,7 @@ import gradc as gc
 from gradc.checking import GradientCheckError, check_grad, random_arguments, with_dtype
 from gradc.tracing import annotated_types
 
-MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", MODELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.loss
+from models import load_example as load
 
 
 @pytest.mark.parametrize("name", ["seed", "mlp3"])

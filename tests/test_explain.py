@@ -2,8 +2,6 @@
 one checked numerically (formula evaluated with numpy vs the compiled gradient and the graph)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +11,7 @@ from gradc.checking import random_arguments, with_dtype
 from gradc.explain import Explanation, explain
 from gradc.tracing import annotated_types
 
-MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", MODELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.loss
+from models import load_example as load
 
 
 def explained(fn, wrt, stage=None, dtype="f64") -> tuple[Explanation, gc.Lowered]:
