@@ -39,6 +39,7 @@ its loads and stores claim only element alignment; A, B and C are accessed with 
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -240,6 +241,39 @@ def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
     return b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
 
 
+# -- shared helper functions -----------------------------------------------------------------------
+
+class _Body:
+    """The part of a FunctionBuilder the GEMM's emitters use (`fn`, `b`), for a shared helper."""
+
+    def __init__(self, fn: ir.Function) -> None:
+        self.fn = fn
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noalias: tuple[int, ...],
+            emit: Callable[[_Body, list], None]) -> ir.Function:
+    """The module's internal, never-inlined `void name(args)`, emitted by `emit` on first use.
+
+    Every GEMM of a module (one per matmul kernel) calls the same micro-kernels and packing
+    routines: LLVM optimizes and compiles each once, instead of once per kernel.
+    """
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in args]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    for arg, (arg_name, _) in zip(fn.args, args):
+        arg.name = arg_name
+    for i in noalias:
+        fn.args[i].add_attribute("noalias")
+    body = _Body(fn)
+    emit(body, list(fn.args))
+    body.b.ret_void()
+    return fn
+
+
 # -- the GEMM --------------------------------------------------------------------------------------
 
 class _Gemm:
@@ -274,13 +308,35 @@ class _Gemm:
         tile.align = 64
         self.tile = bld.bitcast(tile, pty)
 
+    def _inside(self, body: _Body, **fields) -> _Gemm:
+        """A copy of this GEMM's emitter that emits into a shared helper, with some values replaced."""
+        sub = copy.copy(self)
+        sub.fb = body
+        for name, value in fields.items():
+            setattr(sub, name, value)
+        return sub
+
+    def _tag(self) -> str:
+        return f"{'f32' if self.esize == 4 else 'f64'}.w{self.vw}"
+
     # -- packing B ---------------------------------------------------------------------------------
     def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value) -> None:
-        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, nrp = nvec*VW; padding up to nrp."""
-        if self.tb:
-            self._pack_panel_transposed(dst, j0, cols, nvec)
-        else:
-            self._pack_panel_rows(dst, j0, cols, nvec)
+        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, nrp = nvec*VW; padding up to nrp.
+
+        A call of the module's shared packing routine for this dtype, transpose and shape."""
+        pty = self.fty.as_pointer()
+
+        def emit(body, args):
+            dst_, b_, N_, K_, j0_, cols_, nvec_ = args
+            sub = self._inside(body, b=b_, N=N_, K=K_)
+            if self.tb:
+                sub._pack_panel_transposed(dst_, j0_, cols_, nvec_)
+            else:
+                sub._pack_panel_rows(dst_, j0_, cols_, nvec_)
+        fn = _shared(self.fb.fn.module, f"gradc.gemm.pack_b.{self._tag()}.n{self.nv}.t{int(self.tb)}",
+                     [("dst", pty), ("b", pty), ("N", I64), ("K", I64), ("j0", I64), ("cols", I64),
+                      ("nvec", I64)], (0,), emit)
+        self.fb.b.call(fn, [dst, self.b, self.N, self.K, j0, cols, nvec])
 
     def _pack_panel_rows(self, dst, j0, cols, nvec) -> None:
         fb, bld, vty = self.fb, self.fb.b, self.vty
@@ -366,6 +422,18 @@ class _Gemm:
 
     # -- packing A (transposed A; any A with config pack_a=1) ---------------------------------------
     def pack_a(self, dst: ir.Value, ic: ir.Value, mc: ir.Value) -> None:
+        """A call of the module's shared routine packing rows [ic, ic + mc) of op(A) (_pack_a)."""
+        pty = self.fty.as_pointer()
+
+        def emit(body, args):
+            dst_, a_, M_, K_, ic_, mc_, stride_ = args
+            self._inside(body, a=a_, M=M_, K=K_, a_panel_stride=stride_)._pack_a(dst_, ic_, mc_)
+        fn = _shared(self.fb.fn.module, f"gradc.gemm.pack_a.{self._tag()}.m{self.mr}.t{int(self.ta)}",
+                     [("dst", pty), ("a", pty), ("M", I64), ("K", I64), ("ic", I64), ("mc", I64),
+                      ("panel_stride", I64)], (0,), emit)
+        self.fb.b.call(fn, [dst, self.a, self.M, self.K, ic, mc, self.a_panel_stride])
+
+    def _pack_a(self, dst: ir.Value, ic: ir.Value, mc: ir.Value) -> None:
         """A stored K x M: panels of MR rows, k-major: dst[p*K*MR + k*MR + r] = a[k*M + ic + p*MR + r].
 
         Rows past M are zeros. One masked load and one masked store of MR lanes per k and panel.
@@ -422,6 +490,32 @@ class _Gemm:
         return bld.mul(bld.udiv(row, _const(self.mr)), self.a_panel_stride, flags=NUW_NSW)
 
     # -- micro-kernel ------------------------------------------------------------------------------
+    def call_microkernel(self, nvec: int, a: ir.Value, row_stride: ir.Value, rows: ir.Value,
+                         panel: ir.Value) -> None:
+        """The tile of `rows` rows of A from `a` (in place: rows `row_stride` apart, rows past the
+        last clamped to it; packed A: a k-major MR-row panel) times `nvec` vectors of the packed
+        panel, stored into the tile buffer: a call of the module's shared micro-kernel."""
+        pty = self.fty.as_pointer()
+        packed = self.packed_a
+
+        def emit(body, args):
+            tile_, panel_, a_, stride_, rows_, K_ = args
+            sub = self._inside(body, K=K_, tile=tile_)
+            bld = body.b
+            if packed:
+                ptrs = [a_ if r == 0 else bld.gep(a_, [_const(r)], inbounds=True) for r in range(self.mr)]
+            else:
+                last = bld.sub(rows_, _const(1))
+                ptrs = [a_ if r == 0 else bld.gep(a_, [bld.mul(_min(bld, _const(r), last), stride_,
+                                                                flags=NUW_NSW)], inbounds=True)
+                        for r in range(self.mr)]
+            sub.microkernel(nvec, ptrs, self.mr if packed else 1, panel_)
+        name = (f"gradc.gemm.kernel.{self._tag()}.{self.mr}x{nvec}of{self.nv}.u{self.cfg.unroll}"
+                f".{'packed' if packed else 'rows'}")
+        fn = _shared(self.fb.fn.module, name, [("tile", pty), ("panel", pty), ("a", pty), ("row_stride", I64),
+                                                ("rows", I64), ("K", I64)], (0,), emit)
+        self.fb.b.call(fn, [self.tile, panel, a, row_stride, rows, self.K])
+
     def microkernel(self, nvec: int, rows: list[ir.Value], a_step: int | ir.Value, panel: ir.Value) -> None:
         """tile[r*NR + v*VW ...] = sum_k rows[r][k*a_step] * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
         fb, bld, vty, K = self.fb, self.fb.b, self.vty, self.K
@@ -495,16 +589,6 @@ class _Gemm:
                 bld.store(accs2[r][v], _ptr(bld, self.tile, _const(r * self.nr + v * vw), vty),
                           align=min(64, self.vw * self.esize))
 
-    def row_pointers(self, i0: ir.Value, rows: ir.Value) -> list[ir.Value]:
-        """Pointers to A(i0 + r, 0) for r < MR, rows past the last clamped to row i0 + rows - 1."""
-        bld = self.fb.b
-        last = bld.sub(rows, _const(1))
-        out = []
-        for r in range(self.mr):
-            i = bld.add(i0, _min(bld, _const(r), last), flags=NUW_NSW) if r else i0
-            out.append(bld.gep(self.a, [bld.mul(i, self.K, flags=NUW_NSW)], inbounds=True))
-        return out
-
     # -- blocking ----------------------------------------------------------------------------------
     def emit_range(self, n_begin: ir.Value, n_end: ir.Value) -> None:
         fb, bld = self.fb, self.fb.b
@@ -544,18 +628,15 @@ class _Gemm:
                         rows = _min(bld, _const(self.mr), bld.sub(mc, ir_))
                         if self.packed_a:
                             base = bld.gep(self.apack, [self.a_panel_offset(ir_)], inbounds=True)
-                            ptrs = [base if r == 0 else bld.gep(base, [_const(r)], inbounds=True)
-                                    for r in range(self.mr)]
-                            a_step = self.mr
                         else:
-                            ptrs, a_step = self.row_pointers(i0, rows), 1
+                            base = bld.gep(self.a, [bld.mul(i0, self.K, flags=NUW_NSW)], inbounds=True)
                         variants = {v: fn.append_basic_block(f"mk{v}") for v in range(1, self.nv + 1)}
                         sw = bld.switch(nvec, variants[self.nv])
                         for v in range(1, self.nv):
                             sw.add_case(ir.Constant(I64, v), variants[v])
                         for v, block in variants.items():
                             bld.position_at_end(block)
-                            self.microkernel(v, ptrs, a_step, dst)
+                            self.call_microkernel(v, base, self.K, rows, dst)
                             bld.branch(join)
                         state["args"] = (i0, j0, rows, cols)
                         # the loop latch continues from `after`

@@ -12,7 +12,7 @@ import numpy as np
 from gradc.ir.graph import Graph
 from gradc.ir.types import ShapeError, TensorType
 
-from gradc.ir.fusion import FusionResult, fuse, unfused
+from gradc.ir.fusion import FusionResult, fuse
 
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from llvmlite import ir
 
@@ -251,10 +250,3 @@ class ModuleBuilder:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.ret(self._slot_offsets(b, fn.args[0])[1])
-
-
-def kernel_count(builder: ModuleBuilder) -> int:
-    return len(builder.kernels) + len(builder.output_copies)
-
-
-__all__: Sequence[str] = ["ModuleBuilder", "MemoryPlan", "plan_memory", "Buffer", "ENTRY", "WORKSPACE_SIZE"]

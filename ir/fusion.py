@@ -22,7 +22,7 @@ from typing import Optional
 import networkx as nx
 
 from .graph import Graph, Op, Value
-from .ops import ELEMENTWISE, LAYOUT, MATMUL, REDUCTION, SOURCE
+from .ops import ELEMENTWISE, MATMUL, REDUCTION, SOURCE
 from .types import Shape, squeeze_pairs
 
 Map = tuple[Optional[int], ...]

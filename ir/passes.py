@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import networkx as nx
 import numpy as np
 
 from .autodiff import append_adjoint
 from .graph import Graph, Op, Value, verify
-from .ops import ELEMENTWISE, OPS
-from .types import TensorType
+from .ops import ELEMENTWISE
 
 
 class Pass:
@@ -182,14 +181,6 @@ class FoldTransposes(Pass):
 
 SIMPLIFICATION: tuple[Pass, ...] = (Simplify(), ConstantFolding(), FoldTransposes(),
                                     CommonSubexpressionElimination(), DeadCodeElimination())
-
-
-@dataclass
-class Stage:
-    name: str
-    graph: Graph
-    seconds: float = 0.0
-    passes: list[str] = field(default_factory=list)
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass], *, until_fixpoint: bool = False,
