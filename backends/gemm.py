@@ -29,6 +29,15 @@ Design (after the measurements in the project's notes, `shared/notes/gemm.md`):
   padding columns (zeros, or copies of the last real column) only reach tile columns the epilogue
   is told not to read.
 
+Compile time: the micro-kernels (one per width, 1..NVEC vectors, shared by in-place and packed A
+through a run-time row stride and k step) and the packing routines are internal `noinline`
+functions emitted once per module (`_shared`, named by dtype, vector width and shape), called from
+each GEMM's blocking loops: a kernel's own IR is only those loops, the calls and its epilogue. The
+seed network's training step (5 matmul kernels) compiled in ~1.0 s with a GEMM inlined per kernel,
+~0.4 s this way, at the same GFLOP/s (benchmarks/gemm.py). Branches around the calls that are
+invariant in the blocking loops are avoided where possible (the pack routine tests its `run` flag
+itself): LLVM's loop unswitching would copy the loops, epilogue included, per branch.
+
 Threading later: `emit_gemm_range` computes only the columns [n_begin, n_end) of C; splitting N at
 multiples of NR (better: of NC) across threads gives each thread its own panels. Each thread then
 needs its own `pack` region of `pack_elements(K, width of its range)` elements.
@@ -320,23 +329,25 @@ class _Gemm:
         return f"{'f32' if self.esize == 4 else 'f64'}.w{self.vw}"
 
     # -- packing B ---------------------------------------------------------------------------------
-    def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value) -> None:
-        """dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, nrp = nvec*VW; padding up to nrp.
+    def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value, run: ir.Value) -> None:
+        """If `run`: dst[k*nrp + j] = op(B)[k, j0 + j] for j < cols, nrp = nvec*VW; padding up to nrp.
 
-        A call of the module's shared packing routine for this dtype, transpose and shape."""
+        A call of the module's shared packing routine for this dtype, transpose and shape. The
+        condition is tested inside: a branch around the call would be loop-invariant in the kernel's
+        blocking loops, and LLVM's loop unswitching would duplicate them (and the epilogue)."""
         pty = self.fty.as_pointer()
 
         def emit(body, args):
-            dst_, b_, N_, K_, j0_, cols_, nvec_ = args
+            dst_, b_, N_, K_, j0_, cols_, nvec_, run_ = args
             sub = self._inside(body, b=b_, N=N_, K=K_)
             if self.tb:
-                sub._pack_panel_transposed(dst_, j0_, cols_, nvec_)
+                _if(body, run_, lambda: sub._pack_panel_transposed(dst_, j0_, cols_, nvec_), "run")
             else:
-                sub._pack_panel_rows(dst_, j0_, cols_, nvec_)
+                _if(body, run_, lambda: sub._pack_panel_rows(dst_, j0_, cols_, nvec_), "run")
         fn = _shared(self.fb.fn.module, f"gradc.gemm.pack_b.{self._tag()}.n{self.nv}.t{int(self.tb)}",
                      [("dst", pty), ("b", pty), ("N", I64), ("K", I64), ("j0", I64), ("cols", I64),
-                      ("nvec", I64)], (0,), emit)
-        self.fb.b.call(fn, [dst, self.b, self.N, self.K, j0, cols, nvec])
+                      ("nvec", I64), ("run", I1)], (0,), emit)
+        self.fb.b.call(fn, [dst, self.b, self.N, self.K, j0, cols, nvec, run])
 
     def _pack_panel_rows(self, dst, j0, cols, nvec) -> None:
         fb, bld, vty = self.fb, self.fb.b, self.vty
@@ -490,31 +501,34 @@ class _Gemm:
         return bld.mul(bld.udiv(row, _const(self.mr)), self.a_panel_stride, flags=NUW_NSW)
 
     # -- micro-kernel ------------------------------------------------------------------------------
-    def call_microkernel(self, nvec: int, a: ir.Value, row_stride: ir.Value, rows: ir.Value,
-                         panel: ir.Value) -> None:
-        """The tile of `rows` rows of A from `a` (in place: rows `row_stride` apart, rows past the
-        last clamped to it; packed A: a k-major MR-row panel) times `nvec` vectors of the packed
-        panel, stored into the tile buffer: a call of the module's shared micro-kernel."""
+    def microkernel_fn(self, nvec: int) -> ir.Function:
+        """The module's shared micro-kernel of `nvec` vectors (see call_microkernel)."""
         pty = self.fty.as_pointer()
-        packed = self.packed_a
 
         def emit(body, args):
-            tile_, panel_, a_, stride_, rows_, K_ = args
+            tile_, panel_, a_, stride_, kstep_, rows_, K_ = args
             sub = self._inside(body, K=K_, tile=tile_)
             bld = body.b
-            if packed:
-                ptrs = [a_ if r == 0 else bld.gep(a_, [_const(r)], inbounds=True) for r in range(self.mr)]
-            else:
-                last = bld.sub(rows_, _const(1))
-                ptrs = [a_ if r == 0 else bld.gep(a_, [bld.mul(_min(bld, _const(r), last), stride_,
-                                                                flags=NUW_NSW)], inbounds=True)
-                        for r in range(self.mr)]
-            sub.microkernel(nvec, ptrs, self.mr if packed else 1, panel_)
-        name = (f"gradc.gemm.kernel.{self._tag()}.{self.mr}x{nvec}of{self.nv}.u{self.cfg.unroll}"
-                f".{'packed' if packed else 'rows'}")
-        fn = _shared(self.fb.fn.module, name, [("tile", pty), ("panel", pty), ("a", pty), ("row_stride", I64),
-                                                ("rows", I64), ("K", I64)], (0,), emit)
-        self.fb.b.call(fn, [self.tile, panel, a, row_stride, rows, self.K])
+            last = bld.sub(rows_, _const(1))
+            ptrs = [a_ if r == 0 else bld.gep(a_, [bld.mul(_min(bld, _const(r), last), stride_,
+                                                            flags=NUW_NSW)], inbounds=True)
+                    for r in range(self.mr)]
+            sub.microkernel(nvec, ptrs, kstep_, panel_)
+        name = f"gradc.gemm.kernel.{self._tag()}.{self.mr}x{nvec}of{self.nv}.u{self.cfg.unroll}"
+        return _shared(self.fb.fn.module, name, [("tile", pty), ("panel", pty), ("a", pty),
+                                                 ("row_stride", I64), ("k_step", I64), ("rows", I64),
+                                                 ("K", I64)], (0,), emit)
+
+    def call_microkernel(self, fn: ir.Value, a: ir.Value, row_stride: ir.Value, rows: ir.Value,
+                         panel: ir.Value) -> None:
+        """The tile of `rows` rows of A from `a` (in place: rows `row_stride` apart, rows past the
+        last clamped to it; packed A: a k-major MR-row panel) times the packed panel, stored into
+        the tile buffer by `fn`, one of the micro-kernels (`microkernel_fn`)."""
+        if self.packed_a:  # rows r of the panel at a + r, k steps of MR
+            args = [_const(1), _const(self.mr), _const(self.mr)]
+        else:
+            args = [row_stride, _const(1), rows]
+        self.fb.b.call(fn, [self.tile, panel, a] + args + [self.K])
 
     def microkernel(self, nvec: int, rows: list[ir.Value], a_step: int | ir.Value, panel: ir.Value) -> None:
         """tile[r*NR + v*VW ...] = sum_k rows[r][k*a_step] * panel[k*nrp + v*VW ...], nrp = nvec*VW."""
@@ -592,11 +606,6 @@ class _Gemm:
     # -- blocking ----------------------------------------------------------------------------------
     def emit_range(self, n_begin: ir.Value, n_end: ir.Value) -> None:
         fb, bld = self.fb, self.fb.b
-        fn = fb.fn
-        # one shared join block after the kernel variants, where the epilogue is emitted once
-        join = fn.append_basic_block("gemm.tile.join")
-        after = fn.append_basic_block("gemm.tile.after")
-        state: dict = {}
         if self.packed_a:  # after the widest B block this range packs: min(NC, round_up(width, NR))
             width = bld.and_(bld.add(bld.sub(n_end, n_begin), _const(self.nr - 1)), _const(-self.nr))
             width = _min(bld, _const(self.nc), width)
@@ -605,6 +614,7 @@ class _Gemm:
             # multiple of 4 KB, the MC/MR panel streams written per k would share L1 sets
             pad = bld.select(bld.icmp_signed(">=", self.K, _const(64)), _const(A_PANEL_PAD), _const(0))
             self.a_panel_stride = bld.add(bld.mul(self.K, _const(self.mr), flags=NUW_NSW), pad, flags=NUW_NSW)
+        kernels = [self.microkernel_fn(v) for v in range(1, self.nv + 1)]
 
         def column_block(jc):
             nc = _min(bld, _const(self.nc), bld.sub(n_end, jc))
@@ -621,7 +631,7 @@ class _Gemm:
                     nvec = bld.udiv(bld.add(cols, _const(self.vw - 1)), _const(self.vw))
                     dst = bld.gep(self.pack, [bld.mul(jr, self.K, flags=NUW_NSW)], inbounds=True)
                     j0 = bld.add(jc, jr, flags=NUW_NSW)
-                    _if(fb, first, lambda: self.pack_panel(dst, j0, cols, nvec), "pack")
+                    self.pack_panel(dst, j0, cols, nvec, first)
 
                     def tile(ir_):
                         i0 = bld.add(ic, ir_, flags=NUW_NSW)
@@ -630,29 +640,24 @@ class _Gemm:
                             base = bld.gep(self.apack, [self.a_panel_offset(ir_)], inbounds=True)
                         else:
                             base = bld.gep(self.a, [bld.mul(i0, self.K, flags=NUW_NSW)], inbounds=True)
-                        variants = {v: fn.append_basic_block(f"mk{v}") for v in range(1, self.nv + 1)}
-                        sw = bld.switch(nvec, variants[self.nv])
+                        # direct calls (measured: an indirect call through a select of the
+                        # kernels was up to 1.3x slower at K=32: the caller then knows nothing of
+                        # what the call touches)
+                        join = fb.fn.append_basic_block("gemm.kernel.join")
+                        blocks = [fb.fn.append_basic_block(f"gemm.kernel{v}") for v in range(1, self.nv + 1)]
+                        sw = bld.switch(nvec, blocks[-1])
                         for v in range(1, self.nv):
-                            sw.add_case(ir.Constant(I64, v), variants[v])
-                        for v, block in variants.items():
+                            sw.add_case(_const(v), blocks[v - 1])
+                        for kernel, block in zip(kernels, blocks):
                             bld.position_at_end(block)
-                            self.call_microkernel(v, base, self.K, rows, dst)
+                            self.call_microkernel(kernel, base, self.K, rows, dst)
                             bld.branch(join)
-                        state["args"] = (i0, j0, rows, cols)
-                        # the loop latch continues from `after`
-                        bld.position_at_end(after)
+                        bld.position_at_end(join)
+                        self.epilogue(i0, j0, rows, cols, self.tile, self.nr)
                     _for(fb, _const(0), mc, self.mr, tile, "gemm.ir")
                 _for(fb, _const(0), nc, self.nr, panel, "gemm.jr")
             _for(fb, _const(0), self.M, self.mc, row_block, "gemm.ic")
         _for(fb, n_begin, n_end, self.nc, column_block, "gemm.jc")
-
-        end = bld.block
-        # the epilogue block: values defined in the tile loop body dominate it (join is reached only
-        # from the kernel variants of that body)
-        bld.position_at_end(join)
-        self.epilogue(*state["args"], self.tile, self.nr)
-        bld.branch(after)
-        bld.position_at_end(end)
 
 
 def emit_gemm_range(fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, M: ir.Value,
