@@ -76,6 +76,25 @@ def product(b: ir.IRBuilder, dims: ir.Value, symbols: dict[str, int], factors: S
     return value if static == 1 else b.mul(value, ir.Constant(I64, static), flags=("nuw", "nsw"))
 
 
+def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, step: int,
+              body: Callable[[ir.Value], None], name: str) -> None:
+    """for (i = start; i < stop; i += step) body(i), at b's position in fn."""
+    before = b.block
+    header = fn.append_basic_block(f"{name}.header")
+    inner = fn.append_basic_block(f"{name}.body")
+    done = fn.append_basic_block(f"{name}.done")
+    b.branch(header)
+    b.position_at_end(header)
+    index = b.phi(I64, name=name)
+    index.add_incoming(start, before)
+    b.cbranch(b.icmp_signed("<", index, stop), inner, done)
+    b.position_at_end(inner)
+    body(index)
+    index.add_incoming(b.add(index, ir.Constant(I64, step), flags=("nuw", "nsw")), b.block)
+    b.branch(header)
+    b.position_at_end(done)
+
+
 class FunctionBuilder:
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
@@ -124,22 +143,7 @@ class FunctionBuilder:
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
              start: ir.Value | None = None) -> None:
-        b = self.b
-        first = ir.Constant(I64, 0) if start is None else start
-        start = b.block
-        header = self.fn.append_basic_block(f"{name}.header")
-        inner = self.fn.append_basic_block(f"{name}.body")
-        done = self.fn.append_basic_block(f"{name}.done")
-        b.branch(header)
-        b.position_at_end(header)
-        index = b.phi(I64, name=name)
-        index.add_incoming(first, start)
-        b.cbranch(b.icmp_signed("<", index, count), inner, done)
-        b.position_at_end(inner)
-        body(index)
-        index.add_incoming(b.add(index, ir.Constant(I64, 1), flags=("nuw", "nsw")), b.block)
-        b.branch(header)
-        b.position_at_end(done)
+        emit_loop(self.b, self.fn, start or ir.Constant(I64, 0), count, 1, body, name)
 
     def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str,
              shared: bool = False) -> None:

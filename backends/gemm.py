@@ -55,7 +55,7 @@ from typing import Callable
 
 from llvmlite import ir
 
-from gradc.backends.codegen import FunctionBuilder
+from gradc.backends.codegen import FunctionBuilder, emit_loop
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -156,22 +156,7 @@ def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
 
 def _for(fb: FunctionBuilder, start: ir.Value, stop: ir.Value, step: int,
          body: Callable[[ir.Value], None], name: str) -> None:
-    """for (i = start; i < stop; i += step) body(i)."""
-    b = fb.b
-    pre = b.block
-    header = fb.fn.append_basic_block(f"{name}.header")
-    inner = fb.fn.append_basic_block(f"{name}.body")
-    done = fb.fn.append_basic_block(f"{name}.done")
-    b.branch(header)
-    b.position_at_end(header)
-    i = b.phi(I64, name=name)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), inner, done)
-    b.position_at_end(inner)
-    body(i)
-    i.add_incoming(b.add(i, _const(step), flags=NUW_NSW), b.block)
-    b.branch(header)
-    b.position_at_end(done)
+    emit_loop(fb.b, fb.fn, start, stop, step, body, name)
 
 
 def _if(fb: FunctionBuilder, cond: ir.Value, then: Callable[[], None], name: str) -> None:
