@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 from llvmlite import ir
 
-from gradc.ir.fusion import Kernel
+from gradc.ir.fusion import Kernel, index_map
 from gradc.ir.graph import Value
 from gradc.ir.ops import ELEMENTWISE, REDUCTION
-from gradc.ir.types import Dim, Shape, squeeze_pairs
+from gradc.ir.types import Dim, Shape
 
 from . import mathlib
 
@@ -229,29 +229,16 @@ class KernelEmitter(FunctionBuilder):
             result = self.b.load(self.element(self.pointer[v], self.offset(coords, v.type.shape), fty))
         elif op.name == "matmul":
             result = self.matmul_value
-        elif op.opdef.kind == ELEMENTWISE:
-            args = []
-            for x in op.operands:
-                lead = v.type.rank - x.type.rank
-                args.append(self.value_at(x, [None if x.type.shape[a] == 1 and v.type.shape[a + lead] != 1
-                                              else coords[a + lead] for a in range(x.type.rank)]))
-            result = op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
-        elif op.name == "broadcast":
+        elif index_map(op, 0) is not None:  # elementwise ops and layout ops that are index maps
+            args = [self.value_at(x, [None if a is None else coords[a] for a in index_map(op, i)])
+                    for i, x in enumerate(op.operands)]
+            result = op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs) \
+                if op.opdef.kind == ELEMENTWISE else args[0]
+        elif op.name == "reshape":  # same linear order: read the operand at this element's offset
             (x,) = op.operands
-            result = self.value_at(x, [None if x.type.shape[i] == 1 and v.type.shape[d] != 1 else coords[d]
-                                       for i, d in enumerate(op.attrs["dims"])])
-        elif op.name == "transpose":
-            perm = op.attrs["perm"]
-            result = self.value_at(op.operands[0], [coords[perm.index(a)] for a in range(len(perm))])
-        elif op.name == "reshape":
-            (x,) = op.operands
-            pairs = squeeze_pairs(x.type.shape, v.type.shape)
-            if pairs is not None:  # only size-1 axes come or go: an index map
-                result = self.value_at(x, [coords[pairs[a]] if a in pairs else None for a in range(x.type.rank)])
-            else:  # same linear order: read the operand at this element's offset
-                linear = self.offset(coords, v.type.shape)
-                result = self.inline_value(x) if x not in self.pointer else \
-                    self.b.load(self.element(self.pointer[x], linear, fty))
+            linear = self.offset(coords, v.type.shape)
+            result = self.inline_value(x) if x not in self.pointer else \
+                self.b.load(self.element(self.pointer[x], linear, fty))
         else:
             raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")
         self.cache[key] = result

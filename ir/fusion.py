@@ -84,19 +84,32 @@ class FusionResult:
     """Why each op that has readers did not join their kernel."""
 
 
+def index_map(user: Op, operand_index: int) -> tuple[int | None, ...] | None:
+    """For each axis of `user`'s operand, the axis of user's result it runs along (None: a size-1
+    axis that is broadcast); None when the op reads the operand other than elementwise by index."""
+    x, out = user.operands[operand_index].type, user.result.type
+    if user.opdef.kind == ELEMENTWISE:
+        lead = out.rank - x.rank
+        return tuple(None if x.shape[a] == 1 and out.shape[a + lead] != 1 else a + lead for a in range(x.rank))
+    if user.name == "broadcast":
+        return tuple(None if x.shape[i] == 1 and out.shape[d] != 1 else d for i, d in enumerate(user.attrs["dims"]))
+    if user.name == "transpose":
+        return tuple(user.attrs["perm"].index(a) for a in range(x.rank))
+    if user.name == "reshape":
+        pairs = squeeze_pairs(x.shape, out.shape)
+        return None if pairs is None else tuple(pairs.get(a) for a in range(x.rank))
+    return None
+
+
 def _operand_map(user: Op, user_map: Map, operand_index: int, kernel: Kernel) -> Map | str:
     """The map of `user`'s operand, given the user's own map; a string says why there is none."""
     x = user.operands[operand_index].type
-    out = user.result.type
     kind = user.opdef.kind
-    if kind == ELEMENTWISE:
-        lead = out.rank - x.rank
-        return tuple(None if x.shape[a] == 1 and out.shape[a + lead] != 1 else user_map[a + lead]
-                     for a in range(x.rank))
-    if user.name == "broadcast":
-        dims = user.attrs["dims"]
-        return tuple(None if x.shape[i] == 1 and out.shape[d] != 1 else user_map[d]
-                     for i, d in enumerate(dims))
+    if user.name == "transpose":
+        return "it is read transposed"
+    axes = index_map(user, operand_index)
+    if axes is not None:
+        return tuple(None if a is None else user_map[a] for a in axes)
     if kind == REDUCTION:
         axes, reduced = user.attrs["axes"], kernel.reduced
         if reduced is None or len(reduced) != len(axes):
@@ -110,20 +123,14 @@ def _operand_map(user: Op, user_map: Map, operand_index: int, kernel: Kernel) ->
             else:
                 result.append(next(kept))
         return tuple(result)
-    if user.name == "reshape" and squeeze_pairs(x.shape, out.shape) is not None:
-        pairs = squeeze_pairs(x.shape, out.shape)
-        return tuple(user_map[pairs[a]] if a in pairs else None for a in range(x.rank))
     if kind == MATMUL:
         return "it is a matmul operand, which the matmul reads from memory (no prologue fusion)"
-    if user.name == "transpose":
-        return "it is read transposed"
     return f"it is read by {user.name}, which needs it in memory"
 
 
 def _is_index_map(op: Op) -> bool:
     """Layout ops that read each element at a computed index: broadcasts and size-1 reshapes."""
-    return op.name == "broadcast" or (
-        op.name == "reshape" and squeeze_pairs(op.operands[0].type.shape, op.result.type.shape) is not None)
+    return op.name in ("broadcast", "reshape") and index_map(op, 0) is not None
 
 
 class _Fuser:
