@@ -297,13 +297,25 @@ class KernelEmitter(FunctionBuilder):
         for v in self.writes if writes is None else writes:
             self.store(v, domain_coords)
 
+    def _split_writes(self) -> tuple[list[Value], list[Value]]:
+        """Stores per domain point, and stores after the reductions (per kept index)."""
+        role = self.kernel.role
+        return [v for v in self.writes if role(v) == "D"], [v for v in self.writes if role(v) != "D"]
+
+    def _domain_coords(self, kept_index: list[ir.Value], reduced_index: list[ir.Value]) -> list:
+        coords: list = [None] * len(self.kernel.domain)
+        for a, i in zip(self.kernel.kept(), kept_index):
+            coords[a] = i
+        for a, i in zip(self.kernel.reduced or (), reduced_index):
+            coords[a] = i
+        return coords
+
     def _emit_reduction_loops(self) -> None:
         k = self.kernel
         kept, reduced = k.kept(), k.reduced
         levels = self._levels()
         passes = max((levels[r.result] for r in self._reductions()), default=0)
-        d_writes = [v for v in self.writes if k.role(v) == "D"]
-        late = [v for v in self.writes if k.role(v) != "D"]
+        d_writes, late = self._split_writes()
 
         def outer(kept_index: list[ir.Value]) -> None:
             self.registers = {}
@@ -314,21 +326,14 @@ class KernelEmitter(FunctionBuilder):
                     continue
 
                 def inner(reduced_index: list[ir.Value]) -> None:
-                    coords: list = [None] * len(k.domain)
-                    for a, i in zip(kept, kept_index):
-                        coords[a] = i
-                    for a, i in zip(reduced, reduced_index):
-                        coords[a] = i
+                    coords = self._domain_coords(kept_index, reduced_index)
                     self.cache = {}
                     self._accumulate(accs, coords)
                     self._epilogue(coords, stores)
                 self.nest([k.domain[a] for a in reduced], inner, f"r{level}.")
                 for r, acc in accs.items():
                     self.registers[r.result] = self.b.load(acc)
-            coords = [None] * len(k.domain)
-            for a, i in zip(kept, kept_index):
-                coords[a] = i
-            self._epilogue(coords, late)
+            self._epilogue(self._domain_coords(kept_index, []), late)
         self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
@@ -341,8 +346,7 @@ class KernelEmitter(FunctionBuilder):
         kdim = a.type.shape[0] if ta else a.type.shape[1]
         fty = FLOAT_TYPES[mm.result.type.dtype]
         accs = self._accumulators(self._reductions())
-        d_writes = [v for v in self.writes if self.kernel.role(v) == "D"]
-        late = [v for v in self.writes if self.kernel.role(v) != "D"]
+        d_writes, late = self._split_writes()
         bld = self.b
 
         def tile_epilogue(i0, j0, rows, cols, tile, stride: int) -> None:
