@@ -20,8 +20,6 @@ from .ir.passes import Autodiff, optimize, run_passes
 from .tracing import annotated_types, array_type, function_name, parameter_names, trace, unflatten
 
 Wrt = Union[int, str, Sequence[Union[int, str]]]
-GRAPH_STAGES = ("traced", "grad", "optimized", "fused")
-STAGES = GRAPH_STAGES + ("llvm", "asm")
 
 
 @dataclass
@@ -95,6 +93,14 @@ def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
     return indices, single
 
 
+def argument_types(fn: Callable, args: Sequence[Any]) -> list[TensorType]:
+    """The tensor types of example arguments, checked against fn's parameters."""
+    names = parameter_names(fn)
+    if len(args) != len(names):
+        raise TypeError(f"{function_name(fn)} takes {len(names)} arguments ({', '.join(names)}), got {len(args)}")
+    return [array_type(np.asarray(a), n) for a, n in zip(args, names)]
+
+
 class Compiled:
     """A function compiled on first call for each signature; later calls reuse the native code."""
 
@@ -112,10 +118,7 @@ class Compiled:
         functools.update_wrapper(self, fn)
 
     def _types_of(self, args: Sequence[Any]) -> list[TensorType]:
-        if len(args) != len(self.names):
-            raise TypeError(f"{function_name(self.fn)} takes {len(self.names)} arguments "
-                            f"({', '.join(self.names)}), got {len(args)}")
-        return [array_type(np.asarray(a), n) for a, n in zip(args, self.names)]
+        return argument_types(self.fn, args)
 
     def _compile(self, types: Sequence[TensorType]) -> tuple[Lowered, Any]:
         key = tuple(types)
@@ -208,8 +211,7 @@ def value_and_grad(fn: Callable, wrt: Wrt = 0, has_aux: bool = False, *,
 def make_ir(fn: Callable) -> Callable[..., Graph]:
     """`make_ir(fn)(*arrays)` is the traced graph of fn; its str() is the IR text."""
     def build(*args: Any) -> Graph:
-        types = annotated_types(fn) if not args else [array_type(np.asarray(a), n)
-                                                      for a, n in zip(args, parameter_names(fn))]
+        types = annotated_types(fn) if not args else argument_types(fn, args)
         if types is None:
             raise TypeError(f"make_ir({function_name(fn)}) needs example arrays or gc.f32[...] annotations")
         return trace(fn, types)[0]

@@ -593,3 +593,8 @@ def test_annotation_symbols_must_be_names(dim):
 def test_annotation_dims_must_be_ints_or_names(dim):
     with pytest.raises(gc.ShapeError, match="bad dim"):
         gc.f64[3, dim]
+
+
+def test_make_ir_checks_the_argument_count():
+    with pytest.raises(TypeError, match=r"takes 2 arguments \(a, b\), got 1"):
+        gc.make_ir(lambda a, b: a * b)(np.ones(3))
