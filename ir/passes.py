@@ -84,7 +84,7 @@ class ConstantFolding(Pass):
 
     def run(self, graph: Graph) -> bool:
         changed = False
-        for index, op in enumerate(list(graph.ops)):
+        for op in list(graph.ops):
             value = None
             if op.opdef.kind == ELEMENTWISE and op.operands and op.result.type.shape == () and \
                     all(_const_value(v) is not None for v in op.operands):
