@@ -143,14 +143,18 @@ class _Fuser:
     def run(self) -> FusionResult:
         for op in reversed(self.graph.ops):
             readers = [u for u in self.users.get(op.result, []) if u in self.kernel_of]
-            if is_inline(op.result) and not any(u.name == "matmul" for u in readers):
-                continue  # computed where read; a matmul operand, though, must be in memory
+            if not self._needs_kernel(op):
+                continue
             reason = self._try_join(op, readers) if readers else None
             if reason is not None or not readers:
                 if reason is not None:
                     self.reasons[op] = reason
                 self._new_kernel(op)
         return FusionResult(self._ordered_kernels(), self.reasons)
+
+    def _needs_kernel(self, op: Op) -> bool:
+        """Inline values are computed where read; a matmul operand, though, must be in memory."""
+        return not is_inline(op.result) or any(u.name == "matmul" for u in self.users.get(op.result, []))
 
     def _new_kernel(self, op: Op) -> None:
         if op.opdef.kind == REDUCTION:
@@ -255,9 +259,11 @@ class _Fuser:
             return "the readers' kernel already holds a matmul"
         if kernel.maps[matmuls[0].result] != (0, 1) or len(kernel.domain) != 2:
             return "its readers' kernel runs over a different shape than the matmul's output"
+        inside = {o.result for o in kernel.ops}
+        if any(v in inside for v in matmuls[0].operands):
+            return "it would put a matmul operand in the matmul's own kernel (no prologue fusion)"
         if kernel.reduced is not None and kernel.reduced != tuple(range(len(kernel.domain))):
             return "a matmul kernel only takes reductions over its whole output"
-        inside = {o.result for o in kernel.ops}
         for o in kernel.ops:
             if kernel.role(o.result) == "D" and any(v in inside and kernel.role(v) != "D" for v in o.operands):
                 return "a matmul epilogue cannot read a reduction of its own output"
@@ -340,6 +346,6 @@ def unfused(graph: Graph) -> FusionResult:
     """One kernel per op: the same backend path with fusion switched off."""
     fuser = _Fuser(graph)
     for op in graph.ops:
-        if not is_inline(op.result):
+        if fuser._needs_kernel(op):
             fuser._new_kernel(op)
     return FusionResult(fuser._ordered_kernels(), {})

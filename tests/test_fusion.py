@@ -190,3 +190,32 @@ def test_fusion_report_names_every_kernel_and_every_op_left_out():
     assert text.startswith("5 kernels")
     assert len(re.findall(r"^  k\d \[", text, re.M)) == 5
     assert re.search(r"%g=sigmoid: it is a matmul operand", text)
+
+
+MATMUL_READS_ITS_NEIGHBOURS = """func @random(%in0: f32[4,4]) -> (f32[], f32[4,4], f32[4,4]) {
+  %t1 = tanh(%in0) : f32[4,4]
+  %t2 = exp(%t1) : f32[4,4]
+  %t3 = matmul(%in0, %t2) {transpose_a=true, transpose_b=false} : f32[4,4]
+  %t4 = reduce_sum(%t3) {axes=[0,1], keepdims=false} : f32[]
+  %t5 = const() {dtype=f32, value=1.0} : f32[]
+  %t6 = broadcast(%t5) {dims=[], shape=[4,4]} : f32[4,4]
+  %t7 = matmul(%in0, %t6) {transpose_a=false, transpose_b=false} : f32[4,4]
+  %t8 = matmul(%t2, %t6) {transpose_a=false, transpose_b=true} : f32[4,4]
+  %t9 = mul(%t7, %t2) : f32[4,4]
+  %t10 = mul(%t1, %t1) : f32[4,4]
+  %t11 = sub(%t5, %t10) : f32[4,4]
+  %t12 = mul(%t9, %t11) : f32[4,4]
+  %d = add(%t8, %t12) : f32[4,4]
+  return %t4, %t3, %d
+}
+"""
+
+
+@pytest.mark.parametrize("plan", [fuse, unfused])
+def test_matmul_operands_stay_out_of_its_kernel(plan):
+    """Found by the random-graph tests: a broadcast constant read by matmuls needs a buffer even
+    unfused, and merging sibling kernels must not pull a matmul's operand (exp) into its kernel."""
+    graph = gc.ir.parse(MATMUL_READS_ITS_NEIGHBOURS)
+    x = arrays("f32", (4, 4))
+    for got, want in zip(NativeFunction(graph, plan(graph))(*x), interpret(graph, *x)):
+        np.testing.assert_allclose(got, want, **TOLERANCE["f32"])
