@@ -7,6 +7,7 @@ import threading
 from typing import Sequence
 
 import llvmlite.binding as llvm
+from llvmlite import ir
 import numpy as np
 
 from gradc.ir.graph import Graph
@@ -14,20 +15,14 @@ from gradc.ir.types import ShapeError, TensorType
 
 from gradc.ir.fusion import FusionResult, fuse
 
+from .boundary import CALL, RUNTIME, RUNTIME_CONTROL, RUNTIME_RUN
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
-from .threads import POOL
+from .threads import POOL, emit_runtime
 
 PARALLEL_WORK = 4e6
-_Sync = ctypes.c_int64 * 1  # the barrier counter of one parallel call
 _NO_DIMS = (ctypes.c_int64 * 1)()  # functions without symbolic dims read none
-
-
-def _address(a: np.ndarray) -> int:
-    """The data address; through the buffer protocol (3x faster than .ctypes.data) when writable."""
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(a))
-    except (TypeError, ValueError):  # read-only or empty
-        return a.ctypes.data
+_RUNTIME_ADDRESS = RUNTIME.ctypes.data
+_MAX_PLANS = 64  # call plans kept per function with symbolic dims, one per distinct set of dims
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -63,6 +58,31 @@ def host_target_machine() -> llvm.TargetMachine:
                                         opt=3, jit=True)
 
 
+_runtime_lock = threading.Lock()
+_run = None
+
+
+def _runtime() -> ctypes.CFUNCTYPE:
+    """gradc_run (see threads.py), compiled once per process; the helper threads run its module."""
+    global _run
+    with _runtime_lock:
+        if _run is None:
+            tm = host_target_machine()
+            source = ir.Module(name="gradc_runtime")
+            source.triple, source.data_layout = tm.triple, str(tm.target_data)
+            emit_runtime(source)
+            module = llvm.parse_assembly(str(source))
+            module.verify()
+            optimize_module(module, tm, speed_level=2)
+            engine = llvm.create_mcjit_compiler(module, tm)
+            engine.finalize_object()
+            run_address = engine.get_function_address("gradc_run")
+            POOL.attach(engine, engine.get_function_address("gradc_worker"), run_address)
+            RUNTIME[RUNTIME_RUN], RUNTIME[RUNTIME_CONTROL] = run_address, POOL.control_address
+            _run = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, ctypes.c_int64)(run_address)
+    return _run
+
+
 def optimize_module(module: llvm.ModuleRef, tm: llvm.TargetMachine, speed_level: int = 3,
                     unroll: bool = False) -> None:
     # a fresh tuning-options/pass-builder pair per module: O3 pass managers are single-use
@@ -80,6 +100,7 @@ class NativeFunction:
 
     def __init__(self, graph: Graph, fusion: FusionResult | None = None) -> None:
         _initialize()
+        self._run = _runtime()
         self.graph = graph
         self.fusion = fusion if fusion is not None else fuse(graph)
         self.input_types: list[TensorType] = [v.type for v in graph.inputs]
@@ -97,29 +118,45 @@ class NativeFunction:
         self.llvm_ir = str(module)
         self._engine = llvm.create_mcjit_compiler(module, tm)
         self._engine.finalize_object()
-        self._entry = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(
-            self._engine.get_function_address(ENTRY))
+        self._entry_address = self._engine.get_function_address(ENTRY)
+        call_address = self._engine.get_function_address(CALL)
+        arrays = len(self.input_types) + len(self.output_types)
+        self._call = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.py_object] * arrays, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_int64)(call_address) if call_address else None
         self._work_terms = builder.work()
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
-        self._static_workspace = None if self.symbols else int(self._workspace_size(None))
         self._prepare_call_path()
 
     def _prepare_call_path(self) -> None:
         """Decide at compile time everything a call would otherwise work out again."""
         index = {s: i for i, s in enumerate(self.symbols)}
         self._inputs = []
+        self._binding: list[tuple[int, int]] = []  # (input, axis) where each symbol is first seen
         for name, t in zip(self.input_names, self.input_types):
             static = None if t.symbols else tuple(t.shape)
             axes = [(axis, index.get(d), d) for axis, d in enumerate(t.shape)]
             self._inputs.append((name, t, t.np_dtype, static, axes))
+            for axis, i, _ in axes:
+                if i is not None and i == len(self._binding):
+                    self._binding.append((len(self._inputs) - 1, axis))
         self._n_inputs = len(self._inputs)
         self._dims_type = ctypes.c_int64 * max(len(self.symbols), 1)
         self._pointers = ctypes.c_void_p * (len(self.input_types) + len(self.output_types))
         self._outputs = [(t.np_dtype, [(index.get(d), d) for d in t.shape]) for t in self.output_types]
-        self._static_shapes = None if self.symbols else self._output_shapes([])
         self._per_thread = threading.local()  # a workspace per thread: calls never share one
-        self._static_work = None if self.symbols else self._work([])
+        self._plans: dict[tuple[int, ...], tuple[list, int, float]] = {}
+        self._static_plan = None if self.symbols else self._plan(())
+
+    def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float]:
+        """For these values of the symbolic dims: output shapes, workspace bytes, operation count."""
+        plan = self._plans.get(dims)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[dims] = (self._output_shapes(dims), int(self._workspace_size(self._dims_type(*dims))),
+                                        self._work(dims))
+        return plan
 
     def _work(self, dims: Sequence[int]) -> float:
         index = {s: i for i, s in enumerate(self.symbols)}
@@ -140,11 +177,15 @@ class NativeFunction:
     def _workspace(self, size: int) -> int | None:
         if size == 0:
             return None
-        buffer = getattr(self._per_thread, "buffer", None)
-        if buffer is None or buffer.nbytes < size:
-            buffer = self._per_thread.buffer = np.empty(size, np.uint8)
-            self._per_thread.address = buffer.ctypes.data
-        return self._per_thread.address
+        local = self._per_thread
+        try:
+            if local.size >= size:
+                return local.address
+        except AttributeError:
+            pass
+        local.buffer = np.empty(size, np.uint8)
+        local.size, local.address = size, local.buffer.ctypes.data
+        return local.address
 
     def asm(self) -> str:
         """Host assembly of the optimized module (compiled again with a separate target machine)."""
@@ -185,16 +226,43 @@ class NativeFunction:
             arrays.append(a)
         return arrays, dims
 
+    def _threads(self, work: float) -> int:
+        # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
+        if work < PARALLEL_WORK or POOL.threads < 2:
+            return 1
+        if not POOL.started:
+            POOL.start()
+        return POOL.threads
+
+    def try_call(self, args: Sequence) -> list[np.ndarray] | None:
+        """The fast path, one native call that checks the arrays itself (see boundary.py); None when
+        it refuses an argument, which the checked path then copies or reports."""
+        if self._call is None or len(args) != self._n_inputs:
+            return None
+        plan = self._static_plan
+        if plan is None:
+            try:
+                plan = self._plan(tuple(args[a].shape[axis] for a, axis in self._binding))
+            except (AttributeError, IndexError):
+                return None
+        shapes, size, work = plan
+        outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
+        if self._call(*args, *outputs, self._workspace(size), _RUNTIME_ADDRESS, self._threads(work)):
+            return None
+        return outputs
+
     def __call__(self, *args: np.ndarray) -> list[np.ndarray]:
         """Check the arguments, then make one native call; returns fresh output arrays."""
+        outputs = self.try_call(args)
+        return outputs if outputs is not None else self.checked_call(args)
+
+    def checked_call(self, args: Sequence) -> list[np.ndarray]:
+        """The path for anything the fast path refuses: lists, strided or misaligned arrays (copied),
+        and wrong arguments (a Python exception naming the argument)."""
         arrays, dims = self._check(args)
-        shapes = self._static_shapes or self._output_shapes(dims)
-        outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
-        size = self._static_workspace if self._static_workspace is not None else self._workspace_size(dims)
-        pointers = self._pointers(*map(_address, arrays), *map(_address, outputs))
-        workspace = self._workspace(size)
-        work = self._static_work if self._static_work is not None else self._work(dims)
-        # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
-        if work < PARALLEL_WORK or not POOL.run(self._entry, pointers, dims, workspace, _Sync(), POOL.threads):
-            self._entry(pointers, dims, workspace, None, 1, 0)
+        shapes, size, work = self._static_plan or self._plan(tuple(dims[:len(self.symbols)]))
+        outputs = [np.empty(shape, dtype) for shape, dtype in shapes]
+        pointers = self._pointers(*(a.ctypes.data for a in arrays), *(a.ctypes.data for a in outputs))
+        self._run(POOL.control_address, self._entry_address, pointers, dims, self._workspace(size),
+                  self._threads(work))
         return outputs

@@ -1,8 +1,10 @@
 """Lowering a graph's kernels to one LLVM module with a single entry point.
 
-`gradc_entry(ptr args, ptr dims, ptr workspace)` takes the input and output buffer addresses
-(inputs first), the values of the symbolic dims, and one workspace holding every temporary; it
-calls the kernels in order, so a compiled call is one native call. `gradc_workspace_size(dims)`
+`gradc_entry(ptr args, ptr dims, ptr workspace, ptr barrier, i64 threads, i64 thread)` takes the
+input and output buffer addresses (inputs first), the values of the symbolic dims, and one workspace
+holding every temporary; it calls the kernels in order, so a compiled call is one native call.
+Python reaches it through `gradc_call` (boundary.py), which checks the numpy arrays natively, or
+through `gradc_run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
 gives the workspace's size in bytes. Temporaries share workspace slots once their last reader has
 run (see `plan_memory`).
 """
@@ -21,7 +23,8 @@ from gradc.ir.fusion import is_inline
 
 from .gemm import pack_elements
 from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, is_parallel, product
-from .threads import MAX_THREADS
+from .boundary import ARRAY_LAYOUT, emit_call
+from .threads import ENTRY_TYPE, MAX_THREADS, declare
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
@@ -163,7 +166,9 @@ class ModuleBuilder:
             calls.append((emitter.emit(), [self.location[v] for v in buffers], emitter.thread is not None))
         for j, v in self.output_copies:
             calls.append(self._output_copy(j, v))
-        self._build_entry(calls)
+        entry = self._build_entry(calls)
+        if ARRAY_LAYOUT is not None:
+            emit_call(self.module, self.graph, self.symbols, entry)
         self._build_workspace_size()
         return self.module
 
@@ -192,11 +197,10 @@ class ModuleBuilder:
             total = b.add(total, size)
         return offsets, total
 
-    def _build_entry(self, calls: list) -> None:
+    def _build_entry(self, calls: list) -> ir.Function:
         """Every thread runs the entry: shared kernels split their work, the others run on thread 0,
         and all threads meet at a barrier after each kernel, since the next may read its results."""
-        fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
-        fn = ir.Function(self.module, fnty, ENTRY)
+        fn = ir.Function(self.module, ENTRY_TYPE, ENTRY)
         args, dims, workspace, sync, threads, thread = fn.args
         for arg, name in zip(fn.args, ["args", "dims", "workspace", "sync", "threads", "thread"]):
             arg.name = name
@@ -222,6 +226,7 @@ class ModuleBuilder:
             with b.if_then(several):
                 self._barrier(fn, b, counter, b.mul(threads, ir.Constant(I64, n)))
         b.ret_void()
+        return fn
 
     def _barrier(self, fn: ir.Function, b: ir.IRBuilder, counter: ir.Value, target: ir.Value) -> None:
         """Spin until `target` arrivals, yielding the core now and then: when another process holds
@@ -236,15 +241,12 @@ class ModuleBuilder:
         spins.add_incoming(ir.Constant(I64, 0), start)
         arrived = b.load_atomic(counter, "acquire", 8)
         if "x86" in self.module.triple:  # tell the core it is a spin loop
-            b.call(self._declare("llvm.x86.sse2.pause", ir.VoidType()), [])
+            b.call(declare(self.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
         with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
-            b.call(self._declare("sched_yield", ir.IntType(32)), [])
+            b.call(declare(self.module, "sched_yield", ir.IntType(32), []), [])
         spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
         b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
         b.position_at_end(done)
-
-    def _declare(self, name: str, result: ir.Type) -> ir.Function:
-        return self.module.globals.get(name) or ir.Function(self.module, ir.FunctionType(result, []), name)
 
     def _build_workspace_size(self) -> None:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)

@@ -1,61 +1,214 @@
-"""Helper threads for compiled calls: each runs the same native entry as the caller, with its own
-thread index, and the native code splits the work and meets at barriers between kernels.
+"""Helper threads for compiled calls, run by native code: a call wakes them without Python.
 
-ctypes releases the GIL during a native call, so a helper thread runs alongside the caller. One
-set of helpers serves the whole process; a call that finds them busy (another Python thread is
-using them) runs on one thread instead of waiting, so concurrent callers never block each other.
+Each helper is a Python thread parked for good inside a native loop (`gradc_worker`, GIL released).
+A parallel call goes through `gradc_run`, also native: it publishes the job (the module's entry and
+its arguments) in a control block, bumps a sequence word, runs the entry as thread 0, and waits until
+every helper has run it as thread 1..n-1. The entry splits each kernel's work by thread index and
+meets at barriers between kernels, so results do not depend on timing.
+
+Idle helpers spin on the sequence word for about `SPIN_CYCLES` (back-to-back training steps find
+them awake), then sleep on it with futex(2). A call that finds the helpers busy (another Python
+thread is using them) runs on one thread instead of waiting, so concurrent callers never block
+each other. After fork() the child starts with a fresh control block and no helpers, which start
+again on its first parallel call.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
+import sys
 import threading
-from typing import Any, Callable
+import time
+
+import numpy as np
+from llvmlite import ir
 
 MAX_THREADS = max(1, min(os.cpu_count() or 1, 8))
+SPIN_CYCLES = 600_000  # about 0.2 ms of time-stamp counter before an idle helper sleeps
+
+_FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(platform.machine()) if sys.platform == "linux" else None
+_FUTEX_WAIT, _FUTEX_WAKE = 128, 129  # FUTEX_WAIT|FUTEX_PRIVATE_FLAG, FUTEX_WAKE|FUTEX_PRIVATE_FLAG
+if _FUTEX_SYSCALL is None:
+    MAX_THREADS = 1  # helpers need futex(2) to sleep; elsewhere every call runs on one thread
+
+I32, I64 = ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType(ir.IntType(8))
+ENTRY_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
+"""A module's entry: (args, dims, workspace, barrier counter, threads, thread)."""
+RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
+"""gradc_run: (control block, entry, args, dims, workspace, threads)."""
+
+# the control block: one 64-byte line per field, so spinning on one never slows writes to another
+(SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS,
+ JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS) = range(11)
+LINE = 64
 
 
-class _Helper:
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.job: tuple[Callable, tuple] | None = None
-        self.go = threading.Event()
-        self.done = threading.Event()
-        threading.Thread(target=self._run, name=f"gradc-helper-{index}", daemon=True).start()
+class _Emitter:
+    """Small helpers over an IRBuilder for control-block fields and atomics."""
 
-    def _run(self) -> None:
-        while True:
-            self.go.wait()
-            self.go.clear()
-            fn, args = self.job
-            fn(*args, self.index)
-            self.done.set()
+    def __init__(self, b: ir.IRBuilder, control: ir.Value) -> None:
+        self.b, self.control = b, control
+
+    def field(self, index: int, ty: ir.Type = I64) -> ir.Value:
+        return self.b.bitcast(self.b.gep(self.control, [ir.Constant(I64, index * LINE)], inbounds=True),
+                              ty.as_pointer())
+
+    def spin_hint(self) -> None:
+        if platform.machine() in ("x86_64", "AMD64"):
+            self.b.call(declare(self.b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+
+    def futex(self, op: int, value: ir.Value) -> None:
+        syscall = declare(self.b.module, "syscall", I64, [I64], var_arg=True)
+        word = self.b.ptrtoint(self.field(SEQUENCE, I32), I64)
+        self.b.call(syscall, [ir.Constant(I64, _FUTEX_SYSCALL), word, ir.Constant(I32, op), value,
+                              ir.Constant(I64, 0)])
 
 
-class HelperPool:
-    """Threads 1..n-1 of a parallel call; thread 0 is the caller."""
+def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type], var_arg: bool = False) -> ir.Function:
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args, var_arg=var_arg), name)
 
-    def __init__(self, threads: int) -> None:
+
+def emit_runtime(module: ir.Module) -> None:
+    """`gradc_worker(control, index)`, a helper's endless loop, and `gradc_run` (see RUN_TYPE)."""
+    _emit_worker(module)
+    _emit_run(module)
+
+
+def _emit_worker(module: ir.Module) -> None:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), "gradc_worker")
+    control, index = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = _Emitter(b, control)
+    clock = module.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+    sequence = e.field(SEQUENCE, I32)
+    first_seen = b.load_atomic(sequence, "acquire", 4)
+    # counted only once `first_seen` is read, so every job a caller sends to this helper reaches it
+    b.atomic_rmw("add", e.field(HELPERS), ir.Constant(I64, 1), "seq_cst")
+    start = b.block
+    wait, spin, still, sleep, run = (fn.append_basic_block(n) for n in ("wait", "spin", "still", "sleep", "run"))
+    b.branch(wait)
+
+    b.position_at_end(wait)  # a round of waiting for the sequence word to move on from `seen`
+    seen = b.phi(I32, "seen")
+    seen.add_incoming(first_seen, start)
+    started = b.call(clock, [])
+    b.branch(spin)
+
+    b.position_at_end(spin)
+    now = b.load_atomic(sequence, "acquire", 4)
+    e.spin_hint()
+    b.cbranch(b.icmp_unsigned("!=", now, seen), run, still)
+
+    b.position_at_end(still)
+    expired = b.icmp_unsigned(">", b.sub(b.call(clock, []), started), ir.Constant(I64, SPIN_CYCLES))
+    b.cbranch(expired, sleep, spin)
+
+    b.position_at_end(sleep)  # announce the sleep, then sleep only if nothing was published meanwhile
+    sleepers = e.field(SLEEPERS)
+    b.atomic_rmw("add", sleepers, ir.Constant(I64, 1), "seq_cst")
+    with b.if_then(b.icmp_unsigned("==", b.load_atomic(sequence, "seq_cst", 4), seen)):
+        e.futex(_FUTEX_WAIT, seen)
+    b.atomic_rmw("sub", sleepers, ir.Constant(I64, 1), "seq_cst")
+    seen.add_incoming(seen, b.block)
+    b.branch(wait)
+
+    b.position_at_end(run)
+    entry = b.inttoptr(b.load(e.field(JOB_ENTRY)), ENTRY_TYPE.as_pointer())
+    args = [b.inttoptr(b.load(e.field(f)), PTR) for f in (JOB_ARGS, JOB_DIMS, JOB_WORKSPACE)]
+    b.call(entry, args + [e.field(BARRIER, ir.IntType(8)), b.load(e.field(JOB_THREADS)), index])
+    b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
+    seen.add_incoming(now, b.block)
+    b.branch(wait)
+
+
+def _emit_run(module: ir.Module) -> None:
+    fn = ir.Function(module, RUN_TYPE, "gradc_run")
+    control, entry_address, args, dims, workspace, threads = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = _Emitter(b, control)
+    entry = b.bitcast(entry_address, ENTRY_TYPE.as_pointer())
+    # never more threads than helpers running (none yet, or none after fork) plus the caller
+    running = b.add(b.load_atomic(e.field(HELPERS), "acquire", 8), ir.Constant(I64, 1))
+    threads = b.select(b.icmp_unsigned("<", running, threads), running, threads)
+    claimed = b.extract_value(b.cmpxchg(e.field(BUSY), ir.Constant(I64, 0), ir.Constant(I64, 1),
+                                        "acquire", "monotonic"), 1)
+    parallel = b.and_(b.icmp_unsigned(">", threads, ir.Constant(I64, 1)), claimed)
+    with b.if_else(parallel) as (shared, alone):
+        with shared:
+            for f, value in ((JOB_ENTRY, entry_address), (JOB_ARGS, args), (JOB_DIMS, dims),
+                             (JOB_WORKSPACE, workspace)):
+                b.store(b.ptrtoint(value, I64), e.field(f))
+            b.store(threads, e.field(JOB_THREADS))
+            b.store(ir.Constant(I64, 0), e.field(DONE))
+            b.store(ir.Constant(I64, 0), e.field(BARRIER))
+            b.atomic_rmw("add", e.field(SEQUENCE, I32), ir.Constant(I32, 1), "seq_cst")
+            with b.if_then(b.icmp_unsigned("!=", b.load_atomic(e.field(SLEEPERS), "seq_cst", 8),
+                                           ir.Constant(I64, 0))):
+                e.futex(_FUTEX_WAKE, ir.Constant(I32, 2 ** 31 - 1))
+            b.call(entry, [args, dims, workspace, e.field(BARRIER, ir.IntType(8)), threads, ir.Constant(I64, 0)])
+            helpers = b.sub(threads, ir.Constant(I64, 1))
+            wait, done = fn.append_basic_block("join"), fn.append_basic_block("joined")
+            b.branch(wait)
+            b.position_at_end(wait)
+            finished = b.load_atomic(e.field(DONE), "acquire", 8)
+            e.spin_hint()
+            b.cbranch(b.icmp_unsigned("<", finished, helpers), wait, done)
+            b.position_at_end(done)
+            b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
+        with alone:
+            counter = b.alloca(I64)
+            b.store(ir.Constant(I64, 0), counter)
+            with b.if_then(claimed):
+                b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
+            b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
+    b.ret_void()
+
+
+class NativePool:
+    """The process's helper threads and their control block; `run_address` is gradc_run's address."""
+
+    def __init__(self, threads: int = MAX_THREADS) -> None:
         self.threads = threads
-        self._busy = threading.Lock()
-        self._helpers: list[_Helper] = []
+        self._lock = threading.Lock()
+        self._engine = None
+        self.started = False
+        self.control = np.zeros(16 * LINE, np.uint8)
+        self.run_address = 0
+        self._worker = None
+        os.register_at_fork(after_in_child=self._forget_helpers)
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run fn(*args, thread) on every thread; False (nothing run) when the helpers are busy."""
-        if self.threads < 2 or not self._busy.acquire(blocking=False):
-            return False
-        try:
-            if not self._helpers:
-                self._helpers = [_Helper(i) for i in range(1, self.threads)]
-            for h in self._helpers:
-                h.done.clear()
-                h.job = (fn, args)
-                h.go.set()
-            fn(*args, 0)
-            for h in self._helpers:
-                h.done.wait()
-        finally:
-            self._busy.release()
-        return True
+    def attach(self, engine, worker_address: int, run_address: int) -> None:
+        """Use the runtime functions compiled in `engine` (kept alive here)."""
+        self._engine, self.run_address = engine, run_address
+        self._worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(worker_address)
+
+    @property
+    def control_address(self) -> int:
+        return self.control.ctypes.data
+
+    def start(self) -> None:
+        """Start the helpers if they are not running yet (the first parallel call does this), and
+        wait until each has entered its loop."""
+        if self.started or self.threads < 2:
+            return
+        with self._lock:
+            if not self.started:
+                address = self.control_address
+                for i in range(1, self.threads):
+                    threading.Thread(target=self._worker, args=(address, i), name=f"gradc-helper-{i}",
+                                     daemon=True).start()
+                running = ctypes.c_int64.from_address(address + HELPERS * LINE)
+                while running.value < self.threads - 1:
+                    time.sleep(0.0001)
+                self.started = True
+
+    def _forget_helpers(self) -> None:
+        # the child has only the forking thread: the helpers and whatever they were doing are gone
+        self.control[:] = 0
+        self.started = False
+        self._lock = threading.Lock()
 
 
-POOL = HelperPool(MAX_THREADS)
+POOL = NativePool()

@@ -114,6 +114,7 @@ class Compiled:
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
         self._annotated_compiled: tuple[Lowered, Any] | None = None
+        self._last: tuple[NativeFunction, Any] | None = None  # the native function called last
         self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
@@ -163,10 +164,15 @@ class Compiled:
         return self._compile(types)[0]
 
     def __call__(self, *args: Any) -> Any:
+        last = self._last
+        if last is not None:  # the hot path: native code checks that the arguments still fit
+            outputs = last[0].try_call(args)
+            if outputs is not None:
+                return self._package(outputs, last[1])
         if self.annotated is not None:
             if self._annotated_compiled is None:
                 self._annotated_compiled = self._compile(self.annotated)
-            lowered, (structure, n_out) = self._annotated_compiled
+            lowered, shape = self._annotated_compiled
         else:
             try:
                 signature = tuple((a.dtype, a.shape) for a in args)
@@ -176,8 +182,15 @@ class Compiled:
             compiled = self._by_signature.get(signature)
             if compiled is None:
                 compiled = self._by_signature[signature] = self._compile(self._types_of(args))
-            lowered, (structure, n_out) = compiled
-        outputs = lowered.native(*args)
+            lowered, shape = compiled
+        native = lowered.native
+        outputs = native(*args)
+        self._last = (native, shape)
+        return self._package(outputs, shape)
+
+    def _package(self, outputs: list[np.ndarray], shape: tuple) -> Any:
+        """The native outputs in the structure fn returns (and its gradients after them)."""
+        structure, n_out = shape
         if self.mode == "jit":
             return unflatten(outputs, structure)
         value, grads = outputs[:n_out], outputs[n_out:]

@@ -1,0 +1,157 @@
+"""The native call boundary: gradc_call reads numpy headers itself, and refuses what it must not read;
+the helper threads sleep when idle, wake for work, and survive fork()."""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import gradc as gc
+import gradc.backends.jit as jit
+from gradc.backends.boundary import ARRAY_LAYOUT
+from gradc.backends.threads import LINE, POOL, SLEEPERS, SPIN_CYCLES
+
+RNG = np.random.default_rng(5)
+
+
+def affine(W: gc.f64["M", "K"], x: gc.f64["B", "K"], b: gc.f64["M"]):
+    return gc.tanh(x @ W.T + b)
+
+
+AFFINE = gc.jit(affine)
+
+
+def reference(W, x, b):
+    return np.tanh(x @ W.T + b)
+
+
+def args_for(batch: int, m: int = 5, k: int = 3):
+    return RNG.standard_normal((m, k)), RNG.standard_normal((batch, k)), RNG.standard_normal(m)
+
+
+def native_of(fn, *args):
+    return fn.lower(*args).native
+
+
+def test_the_array_layout_was_recognised():
+    """Without it every call would take the slower Python path; this numpy and Python are supported."""
+    assert ARRAY_LAYOUT is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=0, max_size=4), st.sampled_from([np.float32, np.float64]))
+def test_headers_read_natively_match_numpy(shape, dtype):
+    a = np.empty(shape, dtype)
+    base = id(a)
+    assert ctypes.c_void_p.from_address(base + ARRAY_LAYOUT.data).value == a.ctypes.data
+    assert ctypes.c_int32.from_address(base + ARRAY_LAYOUT.ndim).value == a.ndim
+    assert ctypes.c_void_p.from_address(base + ARRAY_LAYOUT.descr).value == id(np.dtype(dtype))
+    if a.ndim:
+        extents = (ctypes.c_int64 * a.ndim).from_address(ctypes.c_void_p.from_address(base + ARRAY_LAYOUT.shape).value)
+        assert tuple(extents) == a.shape
+
+
+def test_well_formed_arrays_take_the_native_path_with_symbolic_dims():
+    for batch in (0, 1, 7, 64):
+        args = args_for(batch)
+        native = native_of(AFFINE, *args)
+        out = native.try_call(args)
+        assert out is not None, f"B={batch}"
+        np.testing.assert_allclose(out[0], reference(*args), rtol=1e-12)
+
+
+REFUSED = {
+    "strided": lambda W, x, b: (W, x[::2], b),
+    "fortran": lambda W, x, b: (np.asfortranarray(W), x, b),
+    "float32": lambda W, x, b: (W.astype(np.float32), x, b),
+    "byte-swapped": lambda W, x, b: (W.astype(W.dtype.newbyteorder()), x, b),
+    "list": lambda W, x, b: (W.tolist(), x, b),
+    "subclass": lambda W, x, b: (W.view(np.matrix), x, b),
+    "rank": lambda W, x, b: (W, x, b[:, None]),
+    "K differs": lambda W, x, b: (W, np.ones((6, 4)), b),
+    "M differs": lambda W, x, b: (W, x, np.ones(4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_native_code_must_not_read_is_refused_then_handled_in_python(case):
+    args = args_for(6)
+    native = native_of(AFFINE, *args)
+    bad = REFUSED[case](*args)
+    assert native.try_call(bad) is None
+    if case in ("strided", "fortran", "list", "subclass"):  # converted, then computed correctly
+        np.testing.assert_allclose(AFFINE(*bad)[...], reference(*(np.asarray(a, np.float64) for a in bad)),
+                                   rtol=1e-12)
+    else:
+        with pytest.raises((TypeError, ValueError)) as err:
+            AFFINE(*bad)
+        assert ("'W'" in str(err.value)) or ("'x'" in str(err.value)) or ("'b'" in str(err.value))
+
+
+def test_a_misaligned_array_is_refused():
+    W, x, b = args_for(3)
+    raw = np.zeros(W.nbytes + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, np.float64, W.size, offset=1).reshape(W.shape)
+    misaligned[...] = W
+    assert native_of(AFFINE, W, x, b).try_call((misaligned, x, b)) is None
+    np.testing.assert_allclose(AFFINE(misaligned, x, b), reference(W, x, b), rtol=1e-12)
+
+
+def test_the_last_signature_is_not_reused_for_another():
+    """gc.jit without annotations compiles per shape; the fast path must not run the wrong one."""
+    f = gc.jit(lambda a: a * 2.0)
+    for shape in [(3,), (4,), (3,), (2, 2)]:
+        for dtype in (np.float32, np.float64):
+            a = RNG.standard_normal(shape).astype(dtype)
+            out = f(a)
+            assert out.shape == a.shape and out.dtype == a.dtype
+            np.testing.assert_array_equal(out, a * 2)
+
+
+def test_wrong_argument_counts_are_python_errors():
+    args = args_for(2)
+    AFFINE(*args)
+    with pytest.raises(TypeError, match="3 arguments"):
+        AFFINE(*args, args[0])
+    with pytest.raises(TypeError, match="3 arguments"):
+        AFFINE(*args[:2])
+
+
+def _sleepers() -> int:
+    return ctypes.c_int64.from_address(POOL.control_address + SLEEPERS * LINE).value
+
+
+def test_idle_helpers_sleep_and_wake_for_the_next_call(monkeypatch):
+    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    args = args_for(300, 200, 100)
+    want = reference(*args)
+    np.testing.assert_allclose(AFFINE(*args), want, rtol=1e-12)
+    assert POOL.started and POOL.threads >= 2
+    deadline = time.time() + 5
+    while _sleepers() < POOL.threads - 1 and time.time() < deadline:
+        time.sleep(0.01)  # SPIN_CYCLES of the time-stamp counter is well under a millisecond
+    assert _sleepers() == POOL.threads - 1, f"helpers still spinning long after {SPIN_CYCLES} cycles"
+    for _ in range(3):
+        np.testing.assert_allclose(AFFINE(*args), want, rtol=1e-12)
+
+
+def _parallel_call_in_child(queue) -> None:
+    jit.PARALLEL_WORK = 0.0
+    args = args_for(300, 200, 100)
+    queue.put(float(np.max(np.abs(AFFINE(*args) - reference(*args)))))
+
+
+def test_parallel_calls_work_in_a_forked_child(monkeypatch):
+    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    AFFINE(*args_for(300, 200, 100))  # the parent's helpers are running
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_parallel_call_in_child, args=(queue,))
+    child.start()
+    error = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and error < 1e-12
