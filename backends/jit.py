@@ -228,11 +228,12 @@ class NativeFunction:
 
     def _threads(self, work: float) -> int:
         # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
-        if work < PARALLEL_WORK or POOL.threads < 2:
+        threads = POOL.threads
+        if work < PARALLEL_WORK or threads < 2:
             return 1
         if not POOL.started:
             POOL.start()
-        return POOL.threads
+        return threads
 
     def try_call(self, args: Sequence) -> list[np.ndarray] | None:
         """The fast path, one native call that checks the arrays itself (see boundary.py); None when

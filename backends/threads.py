@@ -25,6 +25,7 @@ import numpy as np
 from llvmlite import ir
 
 MAX_THREADS = max(1, min(os.cpu_count() or 1, 8))
+"""The most threads a call may use (each parallel GEMM keeps a packing area per thread)."""
 SPIN_CYCLES = 600_000  # about 0.2 ms of time-stamp counter before an idle helper sleeps
 
 _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(platform.machine()) if sys.platform == "linux" else None
@@ -114,13 +115,19 @@ def _emit_worker(module: ir.Module) -> None:
     seen.add_incoming(seen, b.block)
     b.branch(wait)
 
-    b.position_at_end(run)
-    entry = b.inttoptr(b.load(e.field(JOB_ENTRY)), ENTRY_TYPE.as_pointer())
-    args = [b.inttoptr(b.load(e.field(f)), PTR) for f in (JOB_ARGS, JOB_DIMS, JOB_WORKSPACE)]
-    b.call(entry, args + [e.field(BARRIER, ir.IntType(8)), b.load(e.field(JOB_THREADS)), index])
-    b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
+    b.position_at_end(run)  # helpers past the job's thread count sit it out
+    job_threads = b.load(e.field(JOB_THREADS))
+    with b.if_then(b.icmp_unsigned("<", index, job_threads)):
+        _run_job(b, e, index, job_threads)
     seen.add_incoming(now, b.block)
     b.branch(wait)
+
+
+def _run_job(b: ir.IRBuilder, e: _Emitter, index: ir.Value, threads: ir.Value) -> None:
+    entry = b.inttoptr(b.load(e.field(JOB_ENTRY)), ENTRY_TYPE.as_pointer())
+    args = [b.inttoptr(b.load(e.field(f)), PTR) for f in (JOB_ARGS, JOB_DIMS, JOB_WORKSPACE)]
+    b.call(entry, args + [e.field(BARRIER, ir.IntType(8)), threads, index])
+    b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
 
 
 def _emit_run(module: ir.Module) -> None:
@@ -166,14 +173,23 @@ def _emit_run(module: ir.Module) -> None:
     b.ret_void()
 
 
+def default_threads() -> int:
+    """GRADC_NUM_THREADS if set, else the CPUs this process may run on (at most MAX_THREADS)."""
+    setting = os.environ.get("GRADC_NUM_THREADS", "")
+    if setting:
+        return max(1, min(int(setting), MAX_THREADS))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_THREADS))
+
+
 class NativePool:
     """The process's helper threads and their control block; `run_address` is gradc_run's address."""
 
-    def __init__(self, threads: int = MAX_THREADS) -> None:
-        self.threads = threads
+    def __init__(self) -> None:
+        self.threads = default_threads()
+        self._helpers = 0  # started and waiting in gradc_worker, with thread indices 1.._helpers
         self._lock = threading.Lock()
         self._engine = None
-        self.started = False
         self.control = np.zeros(16 * LINE, np.uint8)
         self.run_address = 0
         self._worker = None
@@ -188,27 +204,44 @@ class NativePool:
     def control_address(self) -> int:
         return self.control.ctypes.data
 
+    @property
+    def started(self) -> bool:
+        return self._helpers >= self.threads - 1
+
+    def set_threads(self, threads: int) -> None:
+        if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads: expected an int from 1 to {MAX_THREADS}, got {threads!r}")
+        self.threads = threads
+
     def start(self) -> None:
-        """Start the helpers if they are not running yet (the first parallel call does this), and
-        wait until each has entered its loop."""
-        if self.started or self.threads < 2:
-            return
+        """Start the helpers a call on `threads` threads needs (the first parallel call does this),
+        and wait until each has entered its loop."""
         with self._lock:
-            if not self.started:
-                address = self.control_address
-                for i in range(1, self.threads):
-                    threading.Thread(target=self._worker, args=(address, i), name=f"gradc-helper-{i}",
-                                     daemon=True).start()
-                running = ctypes.c_int64.from_address(address + HELPERS * LINE)
-                while running.value < self.threads - 1:
-                    time.sleep(0.0001)
-                self.started = True
+            wanted = self.threads - 1
+            address = self.control_address
+            for i in range(self._helpers + 1, wanted + 1):
+                threading.Thread(target=self._worker, args=(address, i), name=f"gradc-helper-{i}",
+                                 daemon=True).start()
+            running = ctypes.c_int64.from_address(address + HELPERS * LINE)
+            while running.value < wanted:
+                time.sleep(0.0001)
+            self._helpers = max(self._helpers, wanted)
 
     def _forget_helpers(self) -> None:
         # the child has only the forking thread: the helpers and whatever they were doing are gone
         self.control[:] = 0
-        self.started = False
+        self._helpers = 0
         self._lock = threading.Lock()
 
 
 POOL = NativePool()
+
+
+def set_num_threads(threads: int) -> None:
+    """How many threads compiled calls may use from now on (like torch.set_num_threads); the default
+    is GRADC_NUM_THREADS, else the CPUs this process may run on. Results do not depend on it."""
+    POOL.set_threads(threads)
+
+
+def get_num_threads() -> int:
+    return POOL.threads

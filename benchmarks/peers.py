@@ -27,8 +27,8 @@ pool, which busy-waits for a while after a call, is asleep and does not compete 
 A sample of a fast call times a loop of calls (sized to last about 10 ms) and divides. Tables show
 the median over rounds; a ratio is the median over rounds of (peer's time / gradc's time) in the same
 round: above 1, gradc is faster. "cores used" is the process's CPU time over wall time while a
-contender ran. Threads: gradc as it comes; numpy (OpenBLAS) and JAX (XLA) with their default thread
-counts; PyTorch with torch.set_num_threads(2). --single-threaded asks each peer for one thread and
+contender ran. Threads: gradc one per CPU it may run on; numpy (OpenBLAS) and JAX (XLA) with their default thread
+counts; PyTorch with torch.set_num_threads(2). --single-threaded asks each contender for one thread and
 pins every thread of the process to one CPU.
 """
 from __future__ import annotations
@@ -479,7 +479,8 @@ def gradc_source() -> str:
 
 def threads_line(args, jax, torch) -> str:
     if args.single_threaded:
-        parts = ["gradc as it comes", f"numpy 1 (OpenBLAS reports {openblas_threads()})"]
+        parts = [f"gradc {gc.get_num_threads()} (gc.set_num_threads(1))",
+                 f"numpy 1 (OpenBLAS reports {openblas_threads()})"]
         if torch is not None:
             parts.append(f"torch {torch.get_num_threads()}")
         if jax is not None:
@@ -488,7 +489,7 @@ def threads_line(args, jax, torch) -> str:
         pinned = (f"; and every thread of the process pinned to CPU {cpu}" if cpu is not None else
                   "; the process could not be pinned to one CPU, so the jax figures may use more")
         return "threads (--single-threaded): " + "; ".join(parts) + pinned
-    parts = ["gradc as it comes", f"numpy default (OpenBLAS, {openblas_threads()} threads)"]
+    parts = [f"gradc {gc.get_num_threads()} (the CPUs it may run on)", f"numpy default (OpenBLAS, {openblas_threads()} threads)"]
     if torch is not None:
         parts.append(f"torch {torch.get_num_threads()} (torch.set_num_threads({TORCH_THREADS}))")
     if jax is not None:
@@ -569,6 +570,7 @@ def main() -> int:
             parser.error("--single-threaded: cannot find numpy's OpenBLAS to set its thread count "
                          "(set OPENBLAS_NUM_THREADS=1 instead)")
         set_threads(1)
+        gc.set_num_threads(1)
         args.pinned_cpu = pin_to_one_cpu()
     started = time.perf_counter()
     print(header(args, jax, torch))

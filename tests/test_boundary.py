@@ -155,3 +155,21 @@ def test_parallel_calls_work_in_a_forked_child(monkeypatch):
     error = queue.get(timeout=60)
     child.join(timeout=60)
     assert child.exitcode == 0 and error < 1e-12
+
+
+def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch):
+    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    args = args_for(300, 200, 100)
+    before = gc.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 1, 2):
+            gc.set_num_threads(threads)
+            assert gc.get_num_threads() == threads
+            results.append(AFFINE(*args))
+        with pytest.raises(ValueError, match="threads"):
+            gc.set_num_threads(0)
+    finally:
+        gc.set_num_threads(before)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
