@@ -135,10 +135,11 @@ class FunctionBuilder:
 
         def cut(t: ir.Value) -> ir.Value:
             at = b.udiv(b.mul(count, t), self.threads)
-            if multiple > 1:
-                at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple - 1)), ir.Constant(I64, multiple)),
+            if multiple > 1:  # the nearest multiple: 12.25 panels split 6 | 6.25, not 7 | 5.25
+                at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple // 2)), ir.Constant(I64, multiple)),
                            ir.Constant(I64, multiple))
-            return b.select(b.icmp_unsigned("<", at, count), at, count)
+            last = b.icmp_unsigned(">=", t, self.threads)
+            return b.select(b.or_(last, b.icmp_unsigned(">", at, count)), count, at)
         return cut(self.thread), cut(b.add(self.thread, ir.Constant(I64, 1)))
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
@@ -186,27 +187,41 @@ class FunctionBuilder:
 
 def is_parallel(kernel: Kernel) -> bool:
     """Kernels whose work splits across threads without changing a single result bit: a GEMM by
-    output columns, loops by outer rows. Whole-tensor reductions stay on one thread."""
-    reductions = any(op.opdef.kind == REDUCTION for op in kernel.ops)
+    output columns (a reduction of its whole output sums per-panel partials in a fixed order, see
+    `combines`), loops by outer rows. Other whole-tensor reductions stay on one thread."""
     if kernel.matmul is not None:
-        return not reductions
+        return True
     outer = kernel.kept() if kernel.reduced is not None else tuple(range(len(kernel.domain)))
     return len(outer) > 0
 
 
+def combines(kernel: Kernel) -> bool:
+    """A GEMM kernel that also reduces its whole output: each thread leaves a partial result per
+    panel of NR columns (in `partials`), and a second, single-threaded function combines them in
+    panel order, so the bits do not depend on the thread count."""
+    return kernel.matmul is not None and kernel.reduced is not None
+
+
 class KernelEmitter(FunctionBuilder):
-    """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads."""
+    """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads.
+
+    GEMM kernels also take `scratch` (packing areas) and, if they `combine`, `partials`; with
+    `combine_step` this emits the kernel's combining function instead of its main one."""
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
-                 symbols: dict[str, int], scratch: bool) -> None:
+                 symbols: dict[str, int], combine_step: bool = False) -> None:
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
-        super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}",
-                         names + (["scratch"] if scratch else []), symbols, threaded=is_parallel(kernel))
+        extra = (["scratch"] if kernel.matmul is not None else []) + (["partials"] if combines(kernel) else [])
+        suffix = ".combine" if combine_step else ""
+        super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}{suffix}", names + extra,
+                         symbols, threaded=is_parallel(kernel) and not combine_step)
         self.kernel = kernel
+        self.combine_step = combine_step
         self.inside = {op.result for op in kernel.ops}
         self.pointer = dict(zip(writes + reads, self.buffers))
         self.writes = writes
-        self.scratch = self.buffers[-1] if scratch else None
+        named = dict(zip(extra, self.buffers[len(names):]))
+        self.scratch, self.partials = named.get("scratch"), named.get("partials")
         self.registers: dict[Value, ir.Value] = {}
         self.cache: dict[tuple, ir.Value] = {}
         self.matmul_value: ir.Value | None = None
@@ -263,27 +278,30 @@ class KernelEmitter(FunctionBuilder):
         return levels
 
     def _accumulators(self, reductions: list) -> dict:
-        accs = {}
-        for r in reductions:
-            fty = FLOAT_TYPES[r.result.type.dtype]
-            accs[r] = self.entry_alloca(fty, "acc")
-            init = 0.0 if r.name == "reduce_sum" else float("-inf")
-            self.b.store(ir.Constant(fty, init), accs[r])
+        accs = {r: self.entry_alloca(FLOAT_TYPES[r.result.type.dtype], "acc") for r in reductions}
+        self._reset(accs)
         return accs
 
     def _accumulate(self, accs: dict, domain_coords: Coords) -> None:
         for r, acc in accs.items():
             x = self.value_at(r.operands[0], domain_coords)
-            current = self.b.load(acc)
-            if r.name == "reduce_sum":  # reassoc lets LLVM vectorize the sum
-                new = self.b.fadd(current, x, flags=("reassoc", "contract"))
-            else:
-                new = ScalarEmitter(self.b, x.type).maximum(current, x)
-            self.b.store(new, acc)
+            self.b.store(self._combine(r, self.b.load(acc), x), acc)
+
+    def _combine(self, r, current: ir.Value, x: ir.Value) -> ir.Value:
+        if r.name == "reduce_sum":  # reassoc lets LLVM vectorize the sum
+            return self.b.fadd(current, x, flags=("reassoc", "contract"))
+        return ScalarEmitter(self.b, x.type).maximum(current, x)
+
+    def _reset(self, accs: dict) -> None:
+        for r, acc in accs.items():
+            fty = FLOAT_TYPES[r.result.type.dtype]
+            self.b.store(ir.Constant(fty, 0.0 if r.name == "reduce_sum" else float("-inf")), acc)
 
     # -- kernel bodies -----------------------------------------------------------------------------
     def emit(self) -> ir.Function:
-        if self.kernel.matmul is not None:
+        if self.combine_step:
+            self._emit_combine()
+        elif self.kernel.matmul is not None:
             self._emit_matmul()
         elif self.kernel.reduced is None:
             self.nest(self.kernel.domain, self._epilogue, "i", shared=True)
@@ -337,19 +355,24 @@ class KernelEmitter(FunctionBuilder):
         self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
-        """The register-blocked GEMM; its per-tile epilogue evaluates the kernel's fused ops."""
-        from .gemm import emit_gemm, emit_gemm_range, gemm_nr, pack_elements
+        """The register-blocked GEMM, this thread's share of the output columns; its per-tile
+        epilogue evaluates the kernel's fused ops, and sums each tile of a reduction into the
+        partial result of its panel (rows in order, so the first tile of a panel has i0 = 0)."""
+        from .gemm import emit_gemm_range, gemm_nr, pack_elements
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
         m, n = mm.result.type.shape
         kdim = a.type.shape[0] if ta else a.type.shape[1]
         fty = FLOAT_TYPES[mm.result.type.dtype]
+        nr = gemm_nr(fty)
         accs = self._accumulators(self._reductions())
-        d_writes, late = self._split_writes()
+        d_writes, _ = self._split_writes()
         bld = self.b
 
         def tile_epilogue(i0, j0, rows, cols, tile, stride: int) -> None:
+            self._reset(accs)
+
             def row(r: ir.Value) -> None:
                 i = bld.add(i0, r, flags=("nuw", "nsw"))
                 start = bld.mul(r, ir.Constant(I64, stride), flags=("nuw", "nsw"))
@@ -362,17 +385,42 @@ class KernelEmitter(FunctionBuilder):
                     self._epilogue(coords, d_writes)
                 self.loop(cols, col, "tile.c")
             self.loop(rows, row, "tile.r")
+            first = bld.icmp_unsigned("==", i0, ir.Constant(I64, 0))
+            for slot, (r, acc) in zip(self._partial_slots(bld.udiv(j0, ir.Constant(I64, nr))), accs.items()):
+                tile_total = bld.load(acc)
+                bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
 
         M, N, K = self.size([m]), self.size([n]), self.size([kdim])
-        if self.thread is None:
-            emit_gemm(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb, self.scratch, tile_epilogue)
-        else:  # each thread its own columns and its own packing area
-            begin, end = self.share(N, multiple=gemm_nr(fty))
-            per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))
-            pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
-            emit_gemm_range(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb,
-                            bld.bitcast(pack, PTR), tile_epilogue, begin, end)
+        begin, end = self.share(N, multiple=nr)  # each thread its own columns and packing area
+        per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))
+        pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
+        emit_gemm_range(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb,
+                        bld.bitcast(pack, PTR), tile_epilogue, begin, end)
+
+    def _partial_slots(self, panel: ir.Value) -> list[ir.Value]:
+        """Where each reduction keeps its partial result for `panel`."""
+        reductions = self._reductions()
+        base = self.b.mul(panel, ir.Constant(I64, len(reductions)), flags=("nuw", "nsw"))
+        return [self.element(self.partials, self.b.add(base, ir.Constant(I64, i), flags=("nuw", "nsw")),
+                             FLOAT_TYPES[r.result.type.dtype]) for i, r in enumerate(reductions)]
+
+    def _emit_combine(self) -> None:
+        """The reductions of a `combines` kernel: its panels' partial results in panel order, then
+        the ops after the reductions."""
+        from .gemm import gemm_nr
+        bld, mm = self.b, self.kernel.matmul
+        m, n = mm.result.type.shape
+        nr = ir.Constant(I64, gemm_nr(FLOAT_TYPES[mm.result.type.dtype]))
+        panels = bld.udiv(bld.add(self.size([n]), bld.sub(nr, ir.Constant(I64, 1))), nr)
+        rows = self.size([m])
+        panels = bld.select(bld.icmp_unsigned(">", rows, ir.Constant(I64, 0)), panels, ir.Constant(I64, 0))
+        accs = self._accumulators(self._reductions())
+
+        def panel(p: ir.Value) -> None:
+            for slot, (r, acc) in zip(self._partial_slots(p), accs.items()):
+                bld.store(self._combine(r, bld.load(acc), bld.load(slot)), acc)
+        self.loop(panels, panel, "panel")
         self.cache = {}
-        for r, acc_ptr in accs.items():
-            self.registers[r.result] = bld.load(acc_ptr)
-        self._epilogue([], late)
+        for r, acc in accs.items():
+            self.registers[r.result] = bld.load(acc)
+        self._epilogue([], self._split_writes()[1])

@@ -22,7 +22,9 @@ from gradc.ir.types import Dim
 from gradc.ir.fusion import is_inline
 
 from .gemm import pack_elements
-from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, is_parallel, product
+from gradc.ir.ops import REDUCTION
+
+from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, combines, is_parallel, product
 from .boundary import ARRAY_LAYOUT, emit_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare
 
@@ -126,7 +128,7 @@ class ModuleBuilder:
                 self.output_copies.append((j, v))
         index = {k: i for i, k in enumerate(self.kernels)}
         lifetimes = []
-        self.scratch: dict[Kernel, Buffer] = {}
+        self.scratch: dict[Kernel, list] = {}  # a kernel's scratch buffers: packing areas, partials
         for k in self.kernels:
             for v in k.writes:
                 if v not in self.location:
@@ -138,10 +140,14 @@ class ModuleBuilder:
                 kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
                 factors = pack_elements(kdim, mm.result.type.shape[1], transpose_a=mm.attrs["transpose_a"])
                 copies = (MAX_THREADS,) if is_parallel(k) else ()  # one packing area per thread
-                buf = Buffer(f"{k.name}.pack", tuple(factors) + copies, mm.result.type.np_dtype.itemsize,
-                             scratch=True)
-                self.scratch[k] = buf
-                lifetimes.append((k, buf, index[k], index[k]))
+                itemsize = mm.result.type.np_dtype.itemsize
+                buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
+                if combines(k):  # a partial result per panel and reduction (at most one panel a column)
+                    reductions = sum(op.opdef.kind == REDUCTION for op in k.ops)
+                    buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (mm.result.type.shape[1],
+                                                            reductions), itemsize, scratch=True)))
+                self.scratch[k] = [key for key, _ in buffers]
+                lifetimes += [(key, buf, index[k], index[k]) for key, buf in buffers]
         self.memory = plan_memory(lifetimes)
         for key, slot in self.memory.slot_of.items():
             self.location[key] = ("temp", slot)
@@ -161,9 +167,12 @@ class ModuleBuilder:
     def build(self) -> ir.Module:
         calls = []
         for k in self.kernels:
-            emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, k in self.scratch)
-            buffers = k.writes + k.reads + ([k] if k in self.scratch else [])
-            calls.append((emitter.emit(), [self.location[v] for v in buffers], emitter.thread is not None))
+            locations = [self.location[v] for v in k.writes + k.reads + self.scratch.get(k, [])]
+            emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols)
+            calls.append((emitter.emit(), locations, emitter.thread is not None))
+            if combines(k):
+                combine = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, combine_step=True)
+                calls.append((combine.emit(), locations, False))
         for j, v in self.output_copies:
             calls.append(self._output_copy(j, v))
         entry = self._build_entry(calls)

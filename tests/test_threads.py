@@ -98,3 +98,21 @@ def test_callers_on_many_threads_share_the_helpers_safely(monkeypatch):
             for a, b in zip(expected[i], run):
                 np.testing.assert_array_equal(a, b)
     assert len(results) == len(inputs)
+
+
+def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(monkeypatch):
+    """The seed loss kernel (h = g Vᵀ, then mean((h − y)²)) runs on both cores: its reduction is summed
+    per panel of columns, and the panels in order, so one or two threads give the same bits."""
+    from gradc.backends.codegen import combines, is_parallel
+    fn, shapes = CASES["seed"]
+    args = arguments(shapes, np.float32)
+    lowered = fn.lower(*args)
+    loss_kernels = [k for k in lowered.fusion.kernels if k.matmul is not None and k.reduced is not None]
+    assert loss_kernels and all(is_parallel(k) and combines(k) for k in loss_kernels)
+    monkeypatch.setattr(jit, "PARALLEL_WORK", float("inf"))
+    single = flatten(fn(*args))
+    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    for a, b in zip(single, flatten(fn(*args))):
+        np.testing.assert_array_equal(a, b)
+    want = np.mean((1 / (1 + np.exp(-(args[2].astype(np.float64) @ args[0].T))) @ args[1].T - args[3]) ** 2)
+    np.testing.assert_allclose(single[0], want, rtol=1e-5)
