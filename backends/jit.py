@@ -94,7 +94,7 @@ class NativeFunction:
         module = llvm.parse_assembly(self.llvm_ir_unoptimized)
         module.verify()
         optimize_module(module, tm)
-        self.llvm_ir = str(module)
+        self._llvm_ir: str | None = None
         self._engine = llvm.create_mcjit_compiler(module, tm)
         self._engine.finalize_object()
         self._entry = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64, ctypes.c_int64)(
@@ -145,6 +145,16 @@ class NativeFunction:
             buffer = self._per_thread.buffer = np.empty(size, np.uint8)
             self._per_thread.address = buffer.ctypes.data
         return self._per_thread.address
+
+    @property
+    def llvm_ir(self) -> str:
+        """The optimized module's text, made on first use (optimized again: the compiled module has
+        been through code generation since; and most compiles never look at it)."""
+        if self._llvm_ir is None:
+            module = llvm.parse_assembly(self.llvm_ir_unoptimized)
+            optimize_module(module, host_target_machine())
+            self._llvm_ir = str(module)
+        return self._llvm_ir
 
     def asm(self) -> str:
         """Host assembly of the optimized module (compiled again with a separate target machine)."""
