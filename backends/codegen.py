@@ -99,15 +99,19 @@ class FunctionBuilder:
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
     def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int],
-                 threaded: bool = False) -> None:
-        """`threaded`: the function also takes (i64 thread, i64 threads) and does its share of the work."""
-        extra = [I64, I64] if threaded else []
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1) + extra)
+                 threaded: bool = False, extra: Sequence[tuple[str, ir.Type]] = ()) -> None:
+        """`threaded`: the function also takes (i64 thread, i64 threads) and does its share of the work.
+        `extra`: (name, type) of further arguments, last (`self.extra`)."""
+        trailing = ([("thread", I64), ("threads", I64)] if threaded else []) + list(extra)
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1) + [t for _, t in trailing])
         self.fn = ir.Function(module, fnty, name)
         self.fn.linkage = "internal"
-        for arg, arg_name in zip(self.fn.args, buffer_names + ["dims", "thread", "threads"]):
+        for arg, arg_name in zip(self.fn.args, buffer_names + ["dims"] + [n for n, _ in trailing]):
             arg.name = arg_name
-        self.thread, self.threads = (self.fn.args[-2], self.fn.args[-1]) if threaded else (None, None)
+        first_extra = len(buffer_names) + 1 + (2 if threaded else 0)
+        self.thread, self.threads = (self.fn.args[first_extra - 2], self.fn.args[first_extra - 1]) \
+            if threaded else (None, None)
+        self.extra = list(self.fn.args[first_extra:])
         self._dims_arg = self.fn.args[len(buffer_names)]
         for arg in self.fn.args[:len(buffer_names)]:
             arg.add_attribute("noalias")  # every buffer of a kernel is a distinct allocation
@@ -198,14 +202,24 @@ class KernelEmitter(FunctionBuilder):
     """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads."""
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
-                 symbols: dict[str, int], scratch: bool) -> None:
+                 symbols: dict[str, int], scratch: bool, tile_of: ir.Function | None = None,
+                 accumulators: int = 0) -> None:
+        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`),
+        which also takes `accumulators` pointers to the kernel's reductions' partial results."""
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
-        super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}",
-                         names + (["scratch"] if scratch else []), symbols, threaded=is_parallel(kernel))
+        if tile_of is None:
+            super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}",
+                             names + (["scratch"] if scratch else []), symbols, threaded=is_parallel(kernel))
+        else:
+            from .gemm import TILE_ARGS
+            super().__init__(module, f"{tile_of.name}.tile", names, symbols,
+                             extra=[(f"acc{i}", PTR) for i in range(accumulators)] + TILE_ARGS)
+            for arg in self.extra[:accumulators] + self.extra[-1:]:
+                arg.add_attribute("noalias")  # partial results and the tile: the kernel's own memory
         self.kernel = kernel
         self.inside = {op.result for op in kernel.ops}
         self.pointer = dict(zip(writes + reads, self.buffers))
-        self.writes = writes
+        self.writes, self.reads = writes, reads
         self.scratch = self.buffers[-1] if scratch else None
         self.registers: dict[Value, ir.Value] = {}
         self.cache: dict[tuple, ir.Value] = {}
@@ -337,8 +351,9 @@ class KernelEmitter(FunctionBuilder):
         self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
-        """The register-blocked GEMM; its per-tile epilogue evaluates the kernel's fused ops."""
-        from .gemm import emit_gemm, emit_gemm_range, gemm_nr, pack_elements
+        """A call of the shared runtime's GEMM, whose per-tile callback (`emit_tile`, in a function
+        of its own) evaluates the kernel's fused ops; then what follows the kernel's reductions."""
+        from .gemm import define_epilogue, emit_gemm_call, gemm_nr, pack_elements, store_context
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -346,33 +361,49 @@ class KernelEmitter(FunctionBuilder):
         kdim = a.type.shape[0] if ta else a.type.shape[1]
         fty = FLOAT_TYPES[mm.result.type.dtype]
         accs = self._accumulators(self._reductions())
-        d_writes, late = self._split_writes()
+        tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, False,
+                             tile_of=self.fn, accumulators=len(accs))
+        tile.emit_tile(list(accs), gemm_nr(fty))
+        epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
         bld = self.b
-
-        def tile_epilogue(i0, j0, rows, cols, tile, stride: int) -> None:
-            def row(r: ir.Value) -> None:
-                i = bld.add(i0, r, flags=("nuw", "nsw"))
-                start = bld.mul(r, ir.Constant(I64, stride), flags=("nuw", "nsw"))
-
-                def col(c: ir.Value) -> None:
-                    self.cache = {}
-                    self.matmul_value = bld.load(self.element(tile, bld.add(start, c, flags=("nuw", "nsw")), fty))
-                    coords = [i, bld.add(j0, c, flags=("nuw", "nsw"))]
-                    self._accumulate(accs, coords)
-                    self._epilogue(coords, d_writes)
-                self.loop(cols, col, "tile.c")
-            self.loop(rows, row, "tile.r")
-
+        own = self.buffers[:len(self.writes) + len(self.reads)]
+        context = store_context(bld, self.entry_alloca, own + [self._dims_arg] + list(accs.values()))
         M, N, K = self.size([m]), self.size([n]), self.size([kdim])
         if self.thread is None:
-            emit_gemm(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb, self.scratch, tile_epilogue)
+            begin, end, pack = ir.Constant(I64, 0), N, self.scratch
         else:  # each thread its own columns and its own packing area
             begin, end = self.share(N, multiple=gemm_nr(fty))
             per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))
             pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
-            emit_gemm_range(self, fty, self.pointer[a], self.pointer[b], M, N, K, ta, tb,
-                            bld.bitcast(pack, PTR), tile_epilogue, begin, end)
+        emit_gemm_call(bld, fty, self.pointer[a], self.pointer[b], pack, M, N, K, ta, tb, epilogue, context,
+                       begin, end)
         self.cache = {}
         for r, acc_ptr in accs.items():
             self.registers[r.result] = bld.load(acc_ptr)
-        self._epilogue([], late)
+        self._epilogue([], self._split_writes()[1])
+
+    def emit_tile(self, reductions: list, stride: int) -> None:
+        """The body of a matmul kernel's tile callback: the fused ops on each element of a finished
+        tile (rows `stride` elements apart), accumulating reductions into the kernel's partial
+        results; this function's last arguments are the accumulators' pointers and TILE_ARGS."""
+        from .gemm import TILE_ARGS
+        fty = FLOAT_TYPES[self.kernel.matmul.result.type.dtype]
+        bld = self.b
+        i0, j0, rows, cols, tile = self.extra[-len(TILE_ARGS):]
+        accs = {r: bld.bitcast(p, FLOAT_TYPES[r.result.type.dtype].as_pointer())
+                for r, p in zip(reductions, self.extra)}
+        d_writes, _ = self._split_writes()
+
+        def row(r: ir.Value) -> None:
+            i = bld.add(i0, r, flags=("nuw", "nsw"))
+            start = bld.mul(r, ir.Constant(I64, stride), flags=("nuw", "nsw"))
+
+            def col(c: ir.Value) -> None:
+                self.cache = {}
+                self.matmul_value = bld.load(self.element(tile, bld.add(start, c, flags=("nuw", "nsw")), fty))
+                coords = [i, bld.add(j0, c, flags=("nuw", "nsw"))]
+                self._accumulate(accs, coords)
+                self._epilogue(coords, d_writes)
+            self.loop(cols, col, "tile.c")
+        self.loop(rows, row, "tile.r")
+        bld.ret_void()

@@ -14,6 +14,7 @@ from gradc.ir.types import ShapeError, TensorType
 
 from gradc.ir.fusion import FusionResult, fuse
 
+from . import runtime
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL
 
@@ -90,7 +91,9 @@ class NativeFunction:
         self.memory = builder.memory
         self.kernel_count = len(builder.kernels) + len(builder.output_copies)
         self.symbols = list(builder.symbols)
-        self.llvm_ir_unoptimized = str(builder.build())
+        module_ir = builder.build()
+        runtime.link(module_ir)  # the shared functions it calls, compiled once per process
+        self.llvm_ir_unoptimized = str(module_ir)
         module = llvm.parse_assembly(self.llvm_ir_unoptimized)
         module.verify()
         optimize_module(module, tm)
