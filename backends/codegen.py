@@ -76,9 +76,31 @@ def product(b: ir.IRBuilder, dims: ir.Value, symbols: dict[str, int], factors: S
     return value if static == 1 else b.mul(value, ir.Constant(I64, static), flags=("nuw", "nsw"))
 
 
+class _LoopID(ir.values.MDValue):
+    """A loop's `!llvm.loop` node: distinct and listing itself first, as LLVM requires (llvmlite's
+    `Module.add_metadata` only makes uniqued nodes, which two loops with the same hints would share)."""
+
+    def __init__(self, module: ir.Module, hints: list[ir.values.MDValue]) -> None:
+        super().__init__(module, hints, name=str(len(module.metadata)))
+
+    def descr(self, buf: list) -> None:
+        buf += ("distinct !{{ {0} }}".format(", ".join([self.get_reference()] +
+                                                      [h.get_reference() for h in self.operands])), "\n")
+
+
+def short_loop_id(module: ir.Module) -> ir.values.MDValue:
+    """Hints for a loop of at most a few vectors' worth of iterations: vectorize it with masked
+    loads and stores for the last iterations, instead of adding a vectorized and a scalar remainder
+    loop (each a copy of the body). Measured on the seed step's GEMM epilogues: a third less
+    optimization and code generation time, no slower."""
+    predicate = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.predicate.enable"),
+                                     ir.Constant(ir.IntType(1), 1)])
+    return _LoopID(module, [predicate])
+
+
 def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, step: int,
-              body: Callable[[ir.Value], None], name: str) -> None:
-    """for (i = start; i < stop; i += step) body(i), at b's position in fn."""
+              body: Callable[[ir.Value], None], name: str, loop_id: ir.values.MDValue | None = None) -> None:
+    """for (i = start; i < stop; i += step) body(i), at b's position in fn; `loop_id`: its `!llvm.loop`."""
     before = b.block
     header = fn.append_basic_block(f"{name}.header")
     inner = fn.append_basic_block(f"{name}.body")
@@ -91,7 +113,9 @@ def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value,
     b.position_at_end(inner)
     body(index)
     index.add_incoming(b.add(index, ir.Constant(I64, step), flags=("nuw", "nsw")), b.block)
-    b.branch(header)
+    latch = b.branch(header)
+    if loop_id is not None:
+        latch.set_metadata("llvm.loop", loop_id)
     b.position_at_end(done)
 
 
@@ -146,8 +170,8 @@ class FunctionBuilder:
         return cut(self.thread), cut(b.add(self.thread, ir.Constant(I64, 1)))
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
-             start: ir.Value | None = None) -> None:
-        emit_loop(self.b, self.fn, start or ir.Constant(I64, 0), count, 1, body, name)
+             start: ir.Value | None = None, loop_id: ir.values.MDValue | None = None) -> None:
+        emit_loop(self.b, self.fn, start or ir.Constant(I64, 0), count, 1, body, name, loop_id)
 
     def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str,
              shared: bool = False) -> None:
@@ -404,6 +428,6 @@ class KernelEmitter(FunctionBuilder):
                 coords = [i, bld.add(j0, c, flags=("nuw", "nsw"))]
                 self._accumulate(accs, coords)
                 self._epilogue(coords, d_writes)
-            self.loop(cols, col, "tile.c")
+            self.loop(cols, col, "tile.c", loop_id=short_loop_id(self.fn.module))  # cols <= stride
         self.loop(rows, row, "tile.r")
         bld.ret_void()
