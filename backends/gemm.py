@@ -1,10 +1,12 @@
 """A register-blocked matrix multiply emitted as LLVM IR, with a per-tile epilogue callback.
 
-`emit_gemm` computes C = op(A) @ op(B) inside a function being built (a `FunctionBuilder`), for
+`define_gemm` defines a function computing C = op(A) @ op(B) (or a range of its columns) for
 run-time sizes M, N, K. C never exists as a whole: each MR x NR output tile is accumulated over all
-of K in vector registers, stored into a small tile buffer, and handed to the caller's `epilogue`,
-which emits whatever it wants (store into the real output, fuse a bias and a sigmoid, reduce...).
-The epilogue's IR is emitted exactly once per `emit_gemm` call.
+of K in vector registers, stored into a small tile buffer, and handed to the caller's epilogue, a
+function pointer the GEMM calls per tile (store into the real output, fuse a bias and a sigmoid,
+reduce...). The GEMM depends only on the dtype, the transposes and the configuration, so it lives
+in the process-wide shared runtime (backends/runtime.py): a model's module declares it and calls
+it (`emit_gemm_call`) with its own epilogues (`define_epilogue`).
 
 Design (after the measurements in the project's notes, `shared/notes/gemm.md`):
 - micro-kernel MR x NR = 6 rows x 4 vectors of `<16 x float>` / `<8 x double>` with AVX-512
@@ -32,15 +34,17 @@ Design (after the measurements in the project's notes, `shared/notes/gemm.md`):
 Compile time: the micro-kernels (one per width, 1..NVEC vectors, shared by in-place and packed A
 through a run-time row stride and k step) and the packing routines are internal `noinline`
 functions emitted once per module (`_shared`, named by dtype, vector width and shape), called from
-each GEMM's blocking loops: a kernel's own IR is only those loops, the calls and its epilogue. The
-seed network's training step (5 matmul kernels) compiled in ~1.0 s with a GEMM inlined per kernel,
-~0.4 s this way, at the same GFLOP/s (benchmarks/gemm.py). Branches around the calls that are
-invariant in the blocking loops are avoided where possible (the pack routine tests its `run` flag
-itself): LLVM's loop unswitching would copy the loops, epilogue included, per branch.
+the GEMMs' blocking loops. The seed network's training step (5 matmul kernels) compiled in ~1.0 s
+with a GEMM inlined per kernel, ~0.4 s with shared helpers in the model's module, and ~0.1 s (after
+the process's first model) with the GEMMs in the shared runtime, at the same GFLOP/s
+(benchmarks/gemm.py). The epilogue call per tile costs nothing measurable: a tile is MR x NR x K
+multiply-adds. Branches around the helpers' calls that are invariant in the blocking loops are
+avoided where possible (the pack routine tests its `run` flag itself): LLVM's loop unswitching
+would copy the loops per branch.
 
-Threading later: `emit_gemm_range` computes only the columns [n_begin, n_end) of C; splitting N at
-multiples of NR (better: of NC) across threads gives each thread its own panels. Each thread then
-needs its own `pack` region of `pack_elements(K, width of its range)` elements.
+Threads: a GEMM call computes only the columns [n_begin, n_end) of C; splitting N at multiples of
+NR (better: of NC) across threads gives each thread its own panels. Each thread then needs its own
+`pack` region of `pack_elements(K, width of its range)` elements.
 
 Only alignment that is provable is claimed: the tile buffer is a 64-byte aligned alloca; the pack
 region is realigned to 64 bytes at run time (that is what `pack_elements`' slack pays for) but
@@ -55,6 +59,7 @@ from typing import Callable
 
 from llvmlite import ir
 
+from gradc.backends import runtime
 from gradc.backends.codegen import FunctionBuilder, emit_loop
 
 I1 = ir.IntType(1)
@@ -67,6 +72,7 @@ PACK_ALIGN = 64          # bytes; the pack region is realigned to this at run ti
 PACK_SLACK = 16          # extra elements per packed k row (>= PACK_ALIGN bytes for f32 and f64)
 A_PANEL_PAD = 16         # elements between packed A panels when K >= 64 (a cache line or two)
 
+# emits the IR run on each finished tile: (i0, j0, rows, cols, tile, row stride) -> None
 Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value, int], None]
 
 
@@ -121,7 +127,7 @@ def gemm_nr(fty: ir.Type, config: GemmConfig | None = None) -> int:
 
 def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None, *,
                   transpose_a: bool | None = None) -> tuple:
-    """Size of the `pack` scratch emit_gemm needs, in elements of the GEMM's float type, as factors.
+    """Size of the `pack` scratch a GEMM call needs, in elements of the GEMM's float type, as factors.
 
     The caller multiplies the factors (ints, or the dims K and N as given, e.g. symbol names) at run
     time. The result is (K, W) with W a Python int: the packed width of one column block of B (NC,
@@ -130,8 +136,8 @@ def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None, 
     bytes. It is an upper bound valid for f32 and f64 and any vector width (NR is taken as the
     widest one, f32 with 64-byte vectors), and for either transpose_a unless `transpose_a` is given
     (False needs less: no A block, and the smaller NC). The region needs no particular alignment.
-    Pass the same `config` as to emit_gemm if it is not the default. For `emit_gemm_range`, N is
-    the width of the range.
+    Pass the same `config` as to the GEMM if it is not the default. For a range of columns, N
+    is the width of the range.
     """
     cfg = config or DEFAULT_CONFIG
     nr_max = (cfg.nvec or 4) * max(cfg.vector_bytes, 64) // 4
@@ -238,11 +244,15 @@ def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
 # -- shared helper functions -----------------------------------------------------------------------
 
 class _Body:
-    """The part of a FunctionBuilder the GEMM's emitters use (`fn`, `b`), for a shared helper."""
+    """The part of a FunctionBuilder the GEMM's emitters use (`fn`, `b`, `entry_alloca`)."""
 
     def __init__(self, fn: ir.Function) -> None:
         self.fn = fn
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
+        with self.b.goto_entry_block():
+            return self.b.alloca(ty, name=name)
 
 
 def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noalias: tuple[int, ...],
@@ -645,30 +655,97 @@ class _Gemm:
         _for(fb, n_begin, n_end, self.nc, column_block, "gemm.jc")
 
 
-def emit_gemm_range(fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, M: ir.Value,
-                    N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool, pack: ir.Value,
-                    epilogue: Epilogue, n_begin: ir.Value, n_end: ir.Value, *,
-                    config: GemmConfig | None = None) -> None:
-    """emit_gemm for the output columns [n_begin, n_end) only (0 <= n_begin <= n_end <= N).
+# -- the GEMM as a runtime function ------------------------------------------------------------------
 
-    Ranges split at multiples of NR keep every panel full; `pack` must be private to the range.
+PTR = I8.as_pointer()
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64, I64, PTR])
+"""`void epilogue(ptr context, i64 i0, i64 j0, i64 rows, i64 cols, ptr tile)`: called by the GEMM
+for every finished tile, with the context pointer the caller passed (see `emit_gemm_call`)."""
+TILE_ARGS = [("i0", I64), ("j0", I64), ("rows", I64), ("cols", I64), ("tile", PTR)]
+"""The trailing arguments of an epilogue's body (see `define_epilogue`)."""
+GEMM_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64, I64, I64, PTR, PTR])
+GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "epilogue", "context"]
+
+
+def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmConfig | None = None) -> str:
+    """The runtime name of a GEMM: it spells out everything the code depends on."""
+    cfg = (config or DEFAULT_CONFIG).resolved()
+    dtype = "f32" if _elem_bytes(fty) == 4 else "f64"
+    return (f"{runtime.PREFIX}gemm.{dtype}.t{int(transpose_a)}{int(transpose_b)}.v{cfg.vector_bytes}"
+            f".{cfg.mr}x{cfg.nvec}.nc{cfg.nc}-{cfg.nc_packed_a}.mc{cfg.mc}.u{cfg.unroll}.pa{cfg.pack_a}")
+
+
+def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b: bool,
+                config: GemmConfig | None = None) -> ir.Function:
+    """Define in `module` (once) `void gemm(a, b, pack, M, N, K, n_begin, n_end, epilogue, context)`.
+
+    It computes the columns [n_begin, n_end) of C = op(A) @ op(B) (0 <= n_begin <= n_end <= N; all
+    of C: 0, N) and calls `epilogue(context, i0, j0, rows, cols, tile)` (an EPILOGUE_TYPE function
+    pointer) for every MR x NR tile of C, in no particular order, once it is complete:
+    tile[r*NR + c] holds C[i0 + r, j0 + c] for r < rows <= MR, c < cols <= NR (NR = gemm_nr).
+    a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); pack: scratch of
+    pack_elements(K, n_end - n_begin) elements, private to the call. Ranges split at multiples of
+    NR keep every panel full.
     """
-    _Gemm(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue, config).emit_range(n_begin, n_end)
+    name = gemm_name(fty, transpose_a, transpose_b, config)
+    fn = module.globals.get(name)
+    if fn is not None and not fn.is_declaration:
+        return fn
+    fn = fn or ir.Function(module, GEMM_TYPE, name)
+    fn.attributes.add("nounwind")
+    for arg, arg_name in zip(fn.args, GEMM_ARGS):
+        arg.name = arg_name
+    a, b, pack, M, N, K, n_begin, n_end, epilogue, context = fn.args
+    for arg in (a, b, pack):  # only read (a, b) or private (pack); the epilogue writes elsewhere
+        arg.add_attribute("noalias")
+    body = _Body(fn)
+    callback = body.b.bitcast(epilogue, EPILOGUE_TYPE.as_pointer())
+
+    def call_epilogue(i0, j0, rows, cols, tile, stride):
+        body.b.call(callback, [context, i0, j0, rows, cols, body.b.bitcast(tile, PTR)])
+    _Gemm(body, fty, a, b, M, N, K, transpose_a, transpose_b, pack, call_epilogue,
+          config).emit_range(n_begin, n_end)
+    body.b.ret_void()
+    return fn
 
 
-def emit_gemm(fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, M: ir.Value, N: ir.Value,
-              K: ir.Value, transpose_a: bool, transpose_b: bool, pack: ir.Value, epilogue: Epilogue, *,
-              config: GemmConfig | None = None) -> None:
-    """Emit C = op(A) @ op(B) at fb.b's position; see the module docstring.
+def emit_gemm_call(bld: ir.IRBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, pack: ir.Value,
+                   M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
+                   epilogue: ir.Function, context: ir.Value, n_begin: ir.Value, n_end: ir.Value, *,
+                   config: GemmConfig | None = None) -> None:
+    """Call the shared runtime's GEMM (`define_gemm`) at bld's position; the module only declares it."""
+    fn = runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config), GEMM_TYPE,
+                         functools.partial(define_gemm, fty=fty, transpose_a=transpose_a,
+                                           transpose_b=transpose_b, config=config))
+    pointers = [bld.bitcast(x, PTR) for x in (a, b, pack)]
+    bld.call(fn, pointers + [M, N, K, n_begin, n_end, bld.bitcast(epilogue, PTR), bld.bitcast(context, PTR)])
 
-    a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); M, N, K: i64 values;
-    pack: scratch of pack_elements(K, N) elements of fty. For every MR x NR tile of C (in no
-    particular order), once it is complete, the IR emitted by
-    `epilogue(i0, j0, rows, cols, tile, row_stride)` runs: tile[r*row_stride + c] holds
-    C[i0 + r, j0 + c] for r < rows <= MR, c < cols <= NR (i64 values; tile is an fty pointer).
+
+def define_epilogue(body: ir.Function, name: str) -> ir.Function:
+    """The EPILOGUE_TYPE function `name` calling `body(context[0], ..., context[n-1], *TILE_ARGS)`.
+
+    `body` takes n pointers first, which can then be `noalias` arguments (LLVM keeps that through
+    inlining): loaded from the context inside the body, LLVM would know nothing of their aliasing.
     """
-    emit_gemm_range(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue,
-                    ir.Constant(I64, 0), N, config=config)
+    fn = ir.Function(body.module, EPILOGUE_TYPE, name)
+    fn.linkage = "internal"
+    context, *tile_args = fn.args
+    bld = ir.IRBuilder(fn.append_basic_block("entry"))
+    slots = bld.bitcast(context, PTR.as_pointer())
+    count = len(body.args) - len(TILE_ARGS)
+    pointers = [bld.load(bld.gep(slots, [_const(i)], inbounds=True)) for i in range(count)]
+    bld.call(body, pointers + tile_args)
+    bld.ret_void()
+    return fn
+
+
+def store_context(bld: ir.IRBuilder, alloca: Callable[[ir.Type, str], ir.Value],
+                  pointers: list[ir.Value]) -> ir.Value:
+    """A context for `define_epilogue`'s function: an array of `pointers`, in `alloca`'d memory."""
+    context = alloca(ir.ArrayType(PTR, len(pointers)), "epilogue.context")
+    for i, p in enumerate(pointers):
+        bld.store(bld.bitcast(p, PTR), bld.gep(context, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
+    return bld.bitcast(context, PTR)
 
 
 def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a: bool, transpose_b: bool,
@@ -677,40 +754,46 @@ def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a
     """`void name(ptr c, ptr a, ptr b, ptr pack, i64 M, i64 N, i64 K)`: c = transform(op(a) @ op(b)).
 
     c is M x N row-major; pack holds pack_elements(K, N) elements. For tests and benchmarks: the
-    GEMM is emitted into an internal FunctionBuilder function (dims read from a 3-element array)
-    that the external wrapper calls (and O3 inlines).
+    module defines the GEMM itself (`define_gemm`, the runtime's code) and an epilogue storing
+    the tiles into c.
     """
-    fb = FunctionBuilder(module, f"{name}.body", ["c", "a", "b", "pack"], {"M": 0, "N": 1, "K": 2})
-    c, a, b, pack = fb.buffers
-    M, N, K = fb.size(["M"]), fb.size(["N"]), fb.size(["K"])
-    bld = fb.b
+    gemm = define_gemm(module, fty, transpose_a, transpose_b, config)
+    fb = FunctionBuilder(module, f"{name}.tile", ["c"], {"M": 0, "N": 1, "K": 2}, extra=TILE_ARGS)
+    store_tile(fb, fb.buffers[0], fb.size(["N"]), fty, gemm_nr(fty, config), transform)
+    fb.b.ret_void()
+    epilogue = define_epilogue(fb.fn, f"{name}.epilogue")
 
-    def epilogue(i0, j0, rows, cols, tile, stride):
-        def row(r):
-            base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
-            tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
-
-            def col(cc):
-                x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
-                if transform is not None:
-                    x = transform(bld, x)
-                bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
-            fb.loop(cols, col, "epi.c")
-        fb.loop(rows, row, "epi.r")
-
-    emit_gemm(fb, fty, a, b, M, N, K, transpose_a, transpose_b, pack, epilogue, config=config)
-    bld.ret_void()
-
-    ptr = I8.as_pointer()
-    outer = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 4 + [I64] * 3), name)
+    outer = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 3), name)
     for arg, n in zip(outer.args, ["c", "a", "b", "pack", "M", "N", "K"]):
         arg.name = n
     for arg in outer.args[:4]:
         arg.add_attribute("noalias")
+    c, a, b, pack, M, N, K = outer.args
     ob = ir.IRBuilder(outer.append_basic_block("entry"))
     dims = ob.alloca(ir.ArrayType(I64, 3), name="dims")
-    for i, v in enumerate(outer.args[4:]):
+    for i, v in enumerate((M, N, K)):
         ob.store(v, ob.gep(dims, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
-    ob.call(fb.fn, list(outer.args[:4]) + [ob.bitcast(dims, ptr)])
+    context = store_context(ob, lambda ty, n: ob.alloca(ty, name=n), [c, dims])
+    ob.call(gemm, [a, b, pack, M, N, K, _const(0), N, ob.bitcast(epilogue, PTR), context])
     ob.ret_void()
     return outer
+
+
+def store_tile(fb: FunctionBuilder, c: ir.Value, N: ir.Value, fty: ir.Type, stride: int,
+               transform: Callable[[ir.IRBuilder, ir.Value], ir.Value] | None = None) -> None:
+    """The body of an epilogue that stores transform(tile) into C (M x N row-major at `c`);
+    fb's last arguments are TILE_ARGS."""
+    bld = fb.b
+    i0, j0, rows, cols, tile = fb.extra[-len(TILE_ARGS):]
+
+    def row(r):
+        base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
+        tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
+
+        def col(cc):
+            x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
+            if transform is not None:
+                x = transform(bld, x)
+            bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
+        fb.loop(cols, col, "epi.c")
+    fb.loop(rows, row, "epi.r")

@@ -15,6 +15,7 @@ from gradc.ir.types import ShapeError, TensorType
 
 from gradc.ir.fusion import FusionResult, fuse
 
+from . import runtime
 from .boundary import CALL, RUNTIME, RUNTIME_CONTROL, RUNTIME_RUN
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, emit_runtime
@@ -58,17 +59,17 @@ def host_target_machine() -> llvm.TargetMachine:
                                         opt=3, jit=True)
 
 
-_runtime_lock = threading.Lock()
+_threads_lock = threading.Lock()
 _run = None
 
 
-def _runtime() -> ctypes.CFUNCTYPE:
+def _threads_runtime() -> ctypes.CFUNCTYPE:
     """gradc_run (see threads.py), compiled once per process; the helper threads run its module."""
     global _run
-    with _runtime_lock:
+    with _threads_lock:
         if _run is None:
             tm = host_target_machine()
-            source = ir.Module(name="gradc_runtime")
+            source = ir.Module(name="gradc_threads")
             source.triple, source.data_layout = tm.triple, str(tm.target_data)
             emit_runtime(source)
             module = llvm.parse_assembly(str(source))
@@ -100,7 +101,7 @@ class NativeFunction:
 
     def __init__(self, graph: Graph, fusion: FusionResult | None = None) -> None:
         _initialize()
-        self._run = _runtime()
+        self._run = _threads_runtime()
         self.graph = graph
         self.fusion = fusion if fusion is not None else fuse(graph)
         self.input_types: list[TensorType] = [v.type for v in graph.inputs]
@@ -111,11 +112,13 @@ class NativeFunction:
         self.memory = builder.memory
         self.kernel_count = len(builder.kernels) + len(builder.output_copies)
         self.symbols = list(builder.symbols)
-        self.llvm_ir_unoptimized = str(builder.build())
+        module_ir = builder.build()
+        runtime.link(module_ir)  # the shared functions it calls, compiled once per process
+        self.llvm_ir_unoptimized = str(module_ir)
         module = llvm.parse_assembly(self.llvm_ir_unoptimized)
         module.verify()
         optimize_module(module, tm)
-        self.llvm_ir = str(module)
+        self._llvm_ir: str | None = None
         self._engine = llvm.create_mcjit_compiler(module, tm)
         self._engine.finalize_object()
         self._entry_address = self._engine.get_function_address(ENTRY)
@@ -186,6 +189,16 @@ class NativeFunction:
         local.buffer = np.empty(size, np.uint8)
         local.size, local.address = size, local.buffer.ctypes.data
         return local.address
+
+    @property
+    def llvm_ir(self) -> str:
+        """The optimized module's text, made on first use (optimized again: the compiled module has
+        been through code generation since; and most compiles never look at it)."""
+        if self._llvm_ir is None:
+            module = llvm.parse_assembly(self.llvm_ir_unoptimized)
+            optimize_module(module, host_target_machine())
+            self._llvm_ir = str(module)
+        return self._llvm_ir
 
     def asm(self) -> str:
         """Host assembly of the optimized module (compiled again with a separate target machine)."""

@@ -19,8 +19,9 @@ from llvmlite import ir
 import llvmlite.binding as llvm
 
 from gradc.backends.codegen import FunctionBuilder
-from gradc.backends.gemm import (GemmConfig, emit_gemm_range, emit_standalone_gemm, host_vector_bytes,
-                                 pack_elements)
+from gradc.backends.gemm import (TILE_ARGS, GemmConfig, define_epilogue, define_gemm, emit_gemm_call,
+                                 emit_standalone_gemm, gemm_nr, host_vector_bytes, pack_elements,
+                                 store_context, store_tile)
 from gradc.backends.jit import host_target_machine, optimize_module
 
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -49,27 +50,21 @@ VARIANTS.update({
 
 
 def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bool) -> None:
-    """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns [0, S) and [S, N) as two ranges,
-    each with its own pack region, the way two threads would split the work."""
+    """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns [0, S) and [S, N) as two calls of the
+    GEMM, each with its own pack region, the way two threads would split the work."""
+    define_gemm(module, fty, ta, tb)
+    tile = FunctionBuilder(module, f"{name}.tile", ["c"], {"M": 0, "N": 1, "K": 2, "S": 3}, extra=TILE_ARGS)
+    store_tile(tile, tile.buffers[0], tile.size(["N"]), fty, gemm_nr(fty))
+    tile.b.ret_void()
+    epilogue = define_epilogue(tile.fn, f"{name}.epilogue")
     fb = FunctionBuilder(module, name, ["c", "a", "b", "pack0", "pack1"], {"M": 0, "N": 1, "K": 2, "S": 3})
     fb.fn.linkage = ""  # callable from the test
     c, a, b, pack0, pack1 = fb.buffers
     M, N, K, S = (fb.size([d]) for d in "MNKS")
     bld = fb.b
-    i64 = ir.IntType(64)
-
-    def epilogue(i0, j0, rows, cols, tile, stride):
-        def row(r):
-            base = bld.add(bld.mul(bld.add(i0, r), N), j0)
-
-            def col(cc):
-                x = bld.load(fb.element(tile, bld.add(bld.mul(r, ir.Constant(i64, stride)), cc), fty))
-                bld.store(x, fb.element(c, bld.add(base, cc), fty))
-            fb.loop(cols, col, "c")
-        fb.loop(rows, row, "r")
-
-    emit_gemm_range(fb, fty, a, b, M, N, K, ta, tb, pack0, epilogue, ir.Constant(i64, 0), S)
-    emit_gemm_range(fb, fty, a, b, M, N, K, ta, tb, pack1, epilogue, S, N)
+    context = store_context(bld, fb.entry_alloca, [c, fb.fn.args[5]])
+    emit_gemm_call(bld, fty, a, b, pack0, M, N, K, ta, tb, epilogue, context, ir.Constant(ir.IntType(64), 0), S)
+    emit_gemm_call(bld, fty, a, b, pack1, M, N, K, ta, tb, epilogue, context, S, N)
     bld.ret_void()
 
 
@@ -141,7 +136,7 @@ def run(compiled: Compiled, name: str, M: int, N: int, K: int, seed: int = 0, gu
     b[...] = rng.standard_normal(b.shape)
     c = alloc((M, N))
     c[...] = np.nan
-    # the pack region starts one element past a 64-byte boundary: emit_gemm realigns it itself
+    # the pack region starts one element past a 64-byte boundary: the GEMM realigns it itself
     size = int(np.prod(pack_elements(K, N, config, transpose_a=ta)))
     isize = np.dtype(dtype).itemsize
     if guarded:
@@ -228,7 +223,7 @@ def test_epilogue_transform_placement(compiled):
 
 @pytest.mark.parametrize("name", list(SPLITS))
 def test_column_ranges_with_private_packs(compiled, name):
-    """Two emit_gemm_range calls over [0, S) and [S, N), each with its own pack_elements(K, width)."""
+    """Two GEMM calls over [0, S) and [S, N), each with its own pack_elements(K, width)."""
     ta, tb = SPLITS[name]
     rng = np.random.default_rng(1)
     for M, N, K, S in [(13, 300, 37, 128), (7, 70, 5, 64), (20, 200, 16, 0), (20, 200, 16, 200), (9, 131, 3, 67)]:
