@@ -14,6 +14,7 @@ again on its first parallel call.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import platform
@@ -41,8 +42,8 @@ RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 """gradc_run: (control block, entry, args, dims, workspace, threads)."""
 
 # the control block: one 64-byte line per field, so spinning on one never slows writes to another
-(SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS,
- JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS) = range(11)
+(SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS, QUIT,
+ JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS) = range(12)
 LINE = 64
 
 
@@ -115,7 +116,14 @@ def _emit_worker(module: ir.Module) -> None:
     seen.add_incoming(seen, b.block)
     b.branch(wait)
 
-    b.position_at_end(run)  # helpers past the job's thread count sit it out
+    b.position_at_end(run)
+    leave, job = fn.append_basic_block("leave"), fn.append_basic_block("job")
+    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(e.field(QUIT), "acquire", 8), ir.Constant(I64, 0)), leave, job)
+    b.position_at_end(leave)  # the process is exiting: stop running code that is about to be freed
+    b.atomic_rmw("sub", e.field(HELPERS), ir.Constant(I64, 1), "seq_cst")
+    b.ret_void()
+
+    b.position_at_end(job)  # helpers past the job's thread count sit it out
     job_threads = b.load(e.field(JOB_THREADS))
     with b.if_then(b.icmp_unsigned("<", index, job_threads)):
         _run_job(b, e, index, job_threads)
@@ -194,6 +202,7 @@ class NativePool:
         self.run_address = 0
         self._worker = None
         os.register_at_fork(after_in_child=self._forget_helpers)
+        atexit.register(self.stop)
 
     def attach(self, engine, worker_address: int, run_address: int) -> None:
         """Use the runtime functions compiled in `engine` (kept alive here)."""
@@ -226,6 +235,24 @@ class NativePool:
             while running.value < wanted:
                 time.sleep(0.0001)
             self._helpers = max(self._helpers, wanted)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Make the helpers leave their loop and wait for them (at exit: their code, in an engine
+        about to be freed, must not run any more). Like a job, but one that says quit."""
+        if self._helpers == 0:
+            return
+        address = self.control_address
+        ctypes.c_int64.from_address(address + QUIT * LINE).value = 1
+        sequence = ctypes.c_int32.from_address(address + SEQUENCE * LINE)
+        sequence.value += 1
+        if _FUTEX_SYSCALL is not None:
+            ctypes.CDLL(None).syscall(ctypes.c_long(_FUTEX_SYSCALL), ctypes.c_void_p(address),
+                                      ctypes.c_int(_FUTEX_WAKE), ctypes.c_int(2 ** 31 - 1), None)
+        running = ctypes.c_int64.from_address(address + HELPERS * LINE)
+        deadline = time.monotonic() + timeout
+        while running.value > 0 and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        self._helpers, self.threads = 0, 1  # no parallel calls after this
 
     def _forget_helpers(self) -> None:
         # the child has only the forking thread: the helpers and whatever they were doing are gone

@@ -173,3 +173,28 @@ def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch):
         gc.set_num_threads(before)
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+EXIT_RIGHT_AFTER_A_PARALLEL_CALL = """
+import atexit, sys
+import numpy as np, gradc as gc, gradc.backends.jit as jit, gradc.backends.threads as threads
+threads.SPIN_CYCLES = 10 ** 10  # helpers still spin, in code of the threads engine, when Python exits
+if sys.argv[1:] == ["no-stop"]:
+    atexit.unregister(threads.POOL.stop)
+jit.PARALLEL_WORK = 0.0
+a = np.ones((300, 200))
+f = gc.jit(lambda a: gc.tanh(a @ a.T))
+for _ in range(3):
+    f(a)
+print("ok")
+"""
+
+
+def test_the_process_exits_cleanly_while_helpers_are_awake():
+    """At exit the helpers are stopped before their code is freed (it used to crash with SIGSEGV)."""
+    import subprocess
+    import sys
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", EXIT_RIGHT_AFTER_A_PARALLEL_CALL], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
