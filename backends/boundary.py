@@ -26,6 +26,7 @@ from llvmlite import ir
 
 from gradc.ir.graph import Graph
 
+from .codegen import cold_code
 from .threads import RUN_TYPE
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -80,6 +81,7 @@ def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: i
     layout = ARRAY_LAYOUT
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     fn = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_in + n_out) + [PTR, PTR, I64]), CALL)
+    cold_code(fn)  # measured: no slower a call (it is a few dozen loads and compares)
     workspace, runtime, threads = fn.args[-3:]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     args = b.alloca(PTR, n_in + n_out, name="args")

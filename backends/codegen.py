@@ -57,6 +57,14 @@ class ScalarEmitter:
         return self.b.call(fn, [a, b])
 
 
+def cold_code(fn: ir.Function) -> None:
+    """Leave `fn` unoptimized: straight-line calls and a few loads run in nanoseconds either way,
+    and O3 on the entry (its barriers), the call boundary and the workspace size was a fifth of a
+    model's O3 time."""
+    fn.attributes.add("noinline")
+    fn.attributes.add("optnone")
+
+
 def read_dim(b: ir.IRBuilder, dims: ir.Value, index: int, name: str) -> ir.Value:
     ptr = b.gep(dims, [ir.Constant(I64, 8 * index)], inbounds=True)
     return b.load(b.bitcast(ptr, I64.as_pointer()), name=f"dim.{name}")

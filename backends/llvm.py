@@ -24,7 +24,8 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, combines, is_parallel, product
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, is_parallel,
+                      product)
 from .boundary import ARRAY_LAYOUT, emit_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare
 
@@ -210,6 +211,7 @@ class ModuleBuilder:
         """Every thread runs the entry: shared kernels split their work, the others run on thread 0,
         and all threads meet at a barrier after each kernel, since the next may read its results."""
         fn = ir.Function(self.module, ENTRY_TYPE, ENTRY)
+        cold_code(fn)
         args, dims, workspace, sync, threads, thread = fn.args
         for arg, name in zip(fn.args, ["args", "dims", "workspace", "sync", "threads", "thread"]):
             arg.name = name
@@ -259,5 +261,6 @@ class ModuleBuilder:
 
     def _build_workspace_size(self) -> None:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)
+        cold_code(fn)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.ret(self._slot_offsets(b, fn.args[0])[1])
