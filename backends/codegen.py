@@ -404,7 +404,7 @@ class KernelEmitter(FunctionBuilder):
     def _emit_matmul(self) -> None:
         """A call of the shared runtime's GEMM for this thread's share of the output columns, whose
         per-tile callback (`emit_tile`, in a function of its own) evaluates the kernel's fused ops."""
-        from .gemm import define_epilogue, emit_gemm_call, gemm_nr, pack_elements, store_context
+        from .gemm import define_epilogue, emit_gemm_call, gemm_nr, pack_elements, store_context, store_epilogue
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -414,12 +414,18 @@ class KernelEmitter(FunctionBuilder):
         nr = gemm_nr(fty)
         accs = self._accumulators(self._reductions())
         bld = self.b
-        tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
-        tile.emit_tile(list(accs), nr)
-        epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
-        own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
-        context = store_context(bld, self.entry_alloca, own + [self._dims_arg] + list(accs.values()))
         M, N, K = self.size([m]), self.size([n]), self.size([kdim])
+        if self.kernel.ops == [mm] and self.writes == [mm.result]:  # nothing fused: the runtime stores the tiles
+            columns = self.entry_alloca(I64, "N")
+            bld.store(N, columns)
+            epilogue = store_epilogue(self.fn.module, fty)
+            context = store_context(bld, self.entry_alloca, [self.pointer[mm.result], columns])
+        else:
+            tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
+            tile.emit_tile(list(accs), nr)
+            epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
+            own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
+            context = store_context(bld, self.entry_alloca, own + [self._dims_arg] + list(accs.values()))
         begin, end = self.share(N, multiple=nr)  # each thread its own columns and packing area
         per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))
         pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)

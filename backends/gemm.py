@@ -721,14 +721,31 @@ def emit_gemm_call(bld: ir.IRBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, pa
     bld.call(fn, pointers + [M, N, K, n_begin, n_end, bld.bitcast(epilogue, PTR), bld.bitcast(context, PTR)])
 
 
-def define_epilogue(body: ir.Function, name: str) -> ir.Function:
+def store_epilogue(module: ir.Module, fty: ir.Type, config: GemmConfig | None = None) -> ir.Function:
+    """The runtime's EPILOGUE_TYPE function storing each tile into C (M x N row-major), for matmul
+    kernels with nothing fused: context = [c, pointer to N as i64]. Shared, so such a kernel adds
+    no tile code of its own to a model's module."""
+    dtype = "f32" if _elem_bytes(fty) == 4 else "f64"
+    name = f"{runtime.PREFIX}store_tile.{dtype}.nr{gemm_nr(fty, config)}"
+    return runtime.declare(module, name, EPILOGUE_TYPE,
+                           functools.partial(_define_store_epilogue, name=name, fty=fty, config=config))
+
+
+def _define_store_epilogue(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None) -> ir.Function:
+    body = FunctionBuilder(module, f"{name}.body", ["c"], {"N": 0}, extra=TILE_ARGS)
+    store_tile(body, body.buffers[0], body.size(["N"]), fty, gemm_nr(fty, config))
+    body.b.ret_void()
+    return define_epilogue(body.fn, name, linkage="external")
+
+
+def define_epilogue(body: ir.Function, name: str, linkage: str = "internal") -> ir.Function:
     """The EPILOGUE_TYPE function `name` calling `body(context[0], ..., context[n-1], *TILE_ARGS)`.
 
     `body` takes n pointers first, which can then be `noalias` arguments (LLVM keeps that through
     inlining): loaded from the context inside the body, LLVM would know nothing of their aliasing.
     """
-    fn = ir.Function(body.module, EPILOGUE_TYPE, name)
-    fn.linkage = "internal"
+    fn = body.module.globals.get(name) or ir.Function(body.module, EPILOGUE_TYPE, name)
+    fn.linkage = linkage
     context, *tile_args = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     slots = bld.bitcast(context, PTR.as_pointer())
