@@ -14,7 +14,8 @@ error that names the argument. The layout is verified on real arrays at import; 
 
 takes the inputs then the outputs (allocated by the caller with the right shapes); `runtime` points
 at `RUNTIME`, the process's addresses that compiled code may not bake in (ndarray's type object,
-the dtype objects, gradc_run and the helper threads' control block).
+the dtype objects and the helper threads' control block). A parallel call goes on to the shared
+runtime's `run` (threads.py).
 """
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ from llvmlite import ir
 from gradc.ir.graph import Graph
 
 from .codegen import cold_code
-from .threads import RUN_TYPE
+from .threads import POOL, declare_run
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType(I8)
 CALL = "gradc_call"
 C_CONTIGUOUS_AND_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
-RUNTIME_ARRAY_TYPE, RUNTIME_F32, RUNTIME_F64, RUNTIME_RUN, RUNTIME_CONTROL = range(5)
+RUNTIME_ARRAY_TYPE, RUNTIME_F32, RUNTIME_F64, RUNTIME_CONTROL = range(4)
 DTYPE_SLOTS = {"f32": RUNTIME_F32, "f64": RUNTIME_F64}
 
 
@@ -70,10 +71,11 @@ def _probe_array_layout() -> ArrayLayout | None:
 
 
 ARRAY_LAYOUT = _probe_array_layout()
-RUNTIME = np.zeros(5, np.int64)
+RUNTIME = np.zeros(4, np.int64)
 RUNTIME[RUNTIME_ARRAY_TYPE] = id(np.ndarray)
 RUNTIME[RUNTIME_F32] = id(np.dtype(np.float32))  # the dtype singletons numpy gives its arrays
 RUNTIME[RUNTIME_F64] = id(np.dtype(np.float64))
+RUNTIME[RUNTIME_CONTROL] = POOL.control_address  # zeroed in place after fork, never moved
 
 
 def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: ir.Function) -> None:
@@ -131,9 +133,8 @@ def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: i
     args, dims = b.bitcast(args, PTR), b.bitcast(dims, PTR)
     with b.if_else(b.icmp_unsigned(">", threads, ir.Constant(I64, 1))) as (shared, alone):
         with shared:
-            run = b.inttoptr(runtime_word(RUNTIME_RUN), RUN_TYPE.as_pointer())
             control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
-            b.call(run, [control, b.bitcast(entry, PTR), args, dims, workspace, threads])
+            b.call(declare_run(module), [control, b.bitcast(entry, PTR), args, dims, workspace, threads])
         with alone:
             counter = b.alloca(I64)
             b.store(ir.Constant(I64, 0), counter)

@@ -7,7 +7,6 @@ import threading
 from typing import Sequence
 
 import llvmlite.binding as llvm
-from llvmlite import ir
 import numpy as np
 
 from gradc.ir.graph import Graph
@@ -16,9 +15,9 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import CALL, RUNTIME, RUNTIME_CONTROL, RUNTIME_RUN
+from .boundary import CALL, RUNTIME
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
-from .threads import POOL, emit_runtime
+from .threads import POOL, run_address
 
 PARALLEL_WORK = 4e6
 _NO_DIMS = (ctypes.c_int64 * 1)()  # functions without symbolic dims read none
@@ -59,31 +58,6 @@ def host_target_machine() -> llvm.TargetMachine:
                                         opt=3, jit=True)
 
 
-_threads_lock = threading.Lock()
-_run = None
-
-
-def _threads_runtime() -> ctypes.CFUNCTYPE:
-    """gradc_run (see threads.py), compiled once per process; the helper threads run its module."""
-    global _run
-    with _threads_lock:
-        if _run is None:
-            tm = host_target_machine()
-            source = ir.Module(name="gradc_threads")
-            source.triple, source.data_layout = tm.triple, str(tm.target_data)
-            emit_runtime(source)
-            module = llvm.parse_assembly(str(source))
-            module.verify()
-            optimize_module(module, tm, speed_level=2)
-            engine = llvm.create_mcjit_compiler(module, tm)
-            engine.finalize_object()
-            run_address = engine.get_function_address("gradc_run")
-            POOL.attach(engine, engine.get_function_address("gradc_worker"), run_address)
-            RUNTIME[RUNTIME_RUN], RUNTIME[RUNTIME_CONTROL] = run_address, POOL.control_address
-            _run = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, ctypes.c_int64)(run_address)
-    return _run
-
-
 def optimize_module(module: llvm.ModuleRef, tm: llvm.TargetMachine, speed_level: int = 3,
                     unroll: bool = False) -> None:
     # a fresh tuning-options/pass-builder pair per module: O3 pass managers are single-use
@@ -101,7 +75,7 @@ class NativeFunction:
 
     def __init__(self, graph: Graph, fusion: FusionResult | None = None) -> None:
         _initialize()
-        self._run = _threads_runtime()
+        self._run = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, ctypes.c_int64)(run_address())
         self.graph = graph
         self.fusion = fusion if fusion is not None else fuse(graph)
         self.input_types: list[TensorType] = [v.type for v in graph.inputs]

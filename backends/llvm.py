@@ -27,7 +27,7 @@ from gradc.ir.ops import REDUCTION
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, is_parallel,
                       product)
 from .boundary import ARRAY_LAYOUT, emit_call
-from .threads import ENTRY_TYPE, MAX_THREADS, declare
+from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
@@ -217,7 +217,6 @@ class ModuleBuilder:
             arg.name = name
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         offsets, _ = self._slot_offsets(b, dims)
-        counter = b.bitcast(sync, I64.as_pointer())
         several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
         main = b.icmp_unsigned("==", thread, ir.Constant(I64, 0))
 
@@ -235,29 +234,9 @@ class ModuleBuilder:
                 with b.if_then(main):
                     b.call(function, operands)
             with b.if_then(several):
-                self._barrier(fn, b, counter, b.mul(threads, ir.Constant(I64, n)))
+                b.call(declare_barrier(self.module), [sync, b.mul(threads, ir.Constant(I64, n))])
         b.ret_void()
         return fn
-
-    def _barrier(self, fn: ir.Function, b: ir.IRBuilder, counter: ir.Value, target: ir.Value) -> None:
-        """Spin until `target` arrivals, yielding the core now and then: when another process holds
-        the other core, pure spinning would wait out whole scheduler time slices."""
-        b.atomic_rmw("add", counter, ir.Constant(I64, 1), "seq_cst")
-        start = b.block
-        wait = fn.append_basic_block("barrier.wait")
-        done = fn.append_basic_block("barrier.done")
-        b.branch(wait)
-        b.position_at_end(wait)
-        spins = b.phi(I64, name="spins")
-        spins.add_incoming(ir.Constant(I64, 0), start)
-        arrived = b.load_atomic(counter, "acquire", 8)
-        if "x86" in self.module.triple:  # tell the core it is a spin loop
-            b.call(declare(self.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
-        with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
-            b.call(declare(self.module, "sched_yield", ir.IntType(32), []), [])
-        spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
-        b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
-        b.position_at_end(done)
 
     def _build_workspace_size(self) -> None:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)

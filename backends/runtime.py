@@ -54,6 +54,16 @@ def link(module: ir.Module) -> None:
             _compile(missing)
 
 
+def address(name: str, define: Callable[[ir.Module], ir.Function]) -> int:
+    """The address of runtime function `name` (defined by `define`), compiled now if need be: for
+    callers outside compiled code, such as a helper thread's loop."""
+    _definitions.setdefault(name, define)
+    with _lock:
+        if name not in _addresses:
+            _compile([name])
+    return _addresses[name]
+
+
 def compiled_names() -> list[str]:
     """The runtime functions this process has compiled so far."""
     return list(_addresses)

@@ -25,6 +25,8 @@ import time
 import numpy as np
 from llvmlite import ir
 
+from . import runtime
+
 MAX_THREADS = max(1, min(os.cpu_count() or 1, 8))
 """The most threads a call may use (each parallel GEMM keeps a packing area per thread)."""
 SPIN_CYCLES = 600_000  # about 0.2 ms of time-stamp counter before an idle helper sleeps
@@ -72,14 +74,29 @@ def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type], 
     return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args, var_arg=var_arg), name)
 
 
-def emit_runtime(module: ir.Module) -> None:
-    """`gradc_worker(control, index)`, a helper's endless loop, and `gradc_run` (see RUN_TYPE)."""
-    _emit_worker(module)
-    _emit_run(module)
+WORKER, RUN, BARRIER_WAIT = (runtime.PREFIX + name for name in ("worker", "run", "barrier"))
+WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
+"""A helper's endless loop: (control block, thread index)."""
+BARRIER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
+"""(barrier counter, arrivals to wait for)."""
 
 
-def _emit_worker(module: ir.Module) -> None:
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), "gradc_worker")
+def declare_run(module: ir.Module) -> ir.Function:
+    """`run` (see RUN_TYPE) as seen from a model's module: a function of the shared runtime."""
+    return runtime.declare(module, RUN, RUN_TYPE, _define_run)
+
+
+def declare_barrier(module: ir.Module) -> ir.Function:
+    """`barrier(counter, target)`: count this thread's arrival, then wait for `target` arrivals."""
+    return runtime.declare(module, BARRIER_WAIT, BARRIER_TYPE, _define_barrier)
+
+
+def run_address() -> int:
+    return runtime.address(RUN, _define_run)
+
+
+def _define_worker(module: ir.Module) -> ir.Function:
+    fn = ir.Function(module, WORKER_TYPE, WORKER)
     control, index = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = _Emitter(b, control)
@@ -129,6 +146,7 @@ def _emit_worker(module: ir.Module) -> None:
         _run_job(b, e, index, job_threads)
     seen.add_incoming(now, b.block)
     b.branch(wait)
+    return fn
 
 
 def _run_job(b: ir.IRBuilder, e: _Emitter, index: ir.Value, threads: ir.Value) -> None:
@@ -138,8 +156,8 @@ def _run_job(b: ir.IRBuilder, e: _Emitter, index: ir.Value, threads: ir.Value) -
     b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
 
 
-def _emit_run(module: ir.Module) -> None:
-    fn = ir.Function(module, RUN_TYPE, "gradc_run")
+def _define_run(module: ir.Module) -> ir.Function:
+    fn = ir.Function(module, RUN_TYPE, RUN)
     control, entry_address, args, dims, workspace, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = _Emitter(b, control)
@@ -179,6 +197,33 @@ def _emit_run(module: ir.Module) -> None:
                 b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
             b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
     b.ret_void()
+    return fn
+
+
+def _define_barrier(module: ir.Module) -> ir.Function:
+    """Spin until `target` arrivals, yielding the core now and then: when another process holds
+    the other core, pure spinning would wait out whole scheduler time slices."""
+    fn = ir.Function(module, BARRIER_TYPE, BARRIER_WAIT)
+    counter, target = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = _Emitter(b, counter)
+    counter = b.bitcast(counter, I64.as_pointer())
+    b.atomic_rmw("add", counter, ir.Constant(I64, 1), "seq_cst")
+    start = b.block
+    wait, done = fn.append_basic_block("wait"), fn.append_basic_block("done")
+    b.branch(wait)
+    b.position_at_end(wait)
+    spins = b.phi(I64, name="spins")
+    spins.add_incoming(ir.Constant(I64, 0), start)
+    arrived = b.load_atomic(counter, "acquire", 8)
+    e.spin_hint()
+    with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
+        b.call(declare(module, "sched_yield", I32, []), [])
+    spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
+    b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
 
 
 def default_threads() -> int:
@@ -191,23 +236,15 @@ def default_threads() -> int:
 
 
 class NativePool:
-    """The process's helper threads and their control block; `run_address` is gradc_run's address."""
+    """The process's helper threads and their control block."""
 
     def __init__(self) -> None:
         self.threads = default_threads()
         self._helpers = 0  # started and waiting in gradc_worker, with thread indices 1.._helpers
         self._lock = threading.Lock()
-        self._engine = None
         self.control = np.zeros(16 * LINE, np.uint8)
-        self.run_address = 0
-        self._worker = None
         os.register_at_fork(after_in_child=self._forget_helpers)
         atexit.register(self.stop)
-
-    def attach(self, engine, worker_address: int, run_address: int) -> None:
-        """Use the runtime functions compiled in `engine` (kept alive here)."""
-        self._engine, self.run_address = engine, run_address
-        self._worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(worker_address)
 
     @property
     def control_address(self) -> int:
@@ -228,9 +265,9 @@ class NativePool:
         with self._lock:
             wanted = self.threads - 1
             address = self.control_address
+            worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(runtime.address(WORKER, _define_worker))
             for i in range(self._helpers + 1, wanted + 1):
-                threading.Thread(target=self._worker, args=(address, i), name=f"gradc-helper-{i}",
-                                 daemon=True).start()
+                threading.Thread(target=worker, args=(address, i), name=f"gradc-helper-{i}", daemon=True).start()
             running = ctypes.c_int64.from_address(address + HELPERS * LINE)
             while running.value < wanted:
                 time.sleep(0.0001)
