@@ -339,9 +339,21 @@ print(time.perf_counter() - start)
 """
 
 
-def fresh_process_compile() -> float:
-    """gradc's first call of the step in a new process: the shared runtime's GEMMs compile too."""
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_STEP, os.path.dirname(os.path.abspath(__file__))],
+FRESH_PROCESS_JAX_STEP = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from peers import SIZES, make_arrays, make_jax_loss
+import jax, jax.numpy as jnp
+arrays = [jax.device_put(a) for a in make_arrays(*SIZES["small"])]  # the backend is up before timing
+start = time.perf_counter()
+jax.block_until_ready(jax.jit(jax.value_and_grad(make_jax_loss(jnp, jax), argnums=(0, 1)))(*arrays))
+print(time.perf_counter() - start)
+"""
+
+
+def fresh_process_compile(script: str) -> float:
+    """The first call of the step in a new process (gradc: the shared runtime's GEMMs compile too)."""
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))],
                          capture_output=True, text=True, timeout=600, check=True)
     return float(out.stdout.split()[-1])
 
@@ -376,17 +388,27 @@ def bench_compile(repeats, jax, jnp, torch) -> str:
                 start = time.perf_counter()
                 jax.block_until_ready(jstep(*jargs))
                 warm["jax"].append(time.perf_counter() - start)
-    fresh = [fresh_process_compile() for _ in range(max(1, repeats // 2))]
+    fresh = {"gradc": [], "jax": []}
+    for _ in range(max(1, repeats // 2)):
+        fresh["gradc"].append(fresh_process_compile(FRESH_PROCESS_STEP))
+        if jax is not None:
+            fresh["jax"].append(fresh_process_compile(FRESH_PROCESS_JAX_STEP))
     rows = [["gradc: fresh gc.value_and_grad, first call", fmt_time(median(firsts["gradc"])),
              fmt_time(median(warm["gradc"]))],
-            ["gradc: the same, first model of a new process (+ shared runtime)", fmt_time(median(fresh)), "-"]]
+            ["gradc: the same, first model of a new process (+ shared runtime)", fmt_time(median(fresh["gradc"])),
+             "-"]]
     rows.append(["jax: fresh jax.jit(jax.value_and_grad), first call",
                  fmt_time(median(firsts["jax"])) if firsts["jax"] else NOT_INSTALLED,
                  fmt_time(median(warm["jax"])) if warm["jax"] else "-"])
+    if fresh["jax"]:
+        rows.append(["jax: the same, first jit of a new process (backend already up)",
+                     fmt_time(median(fresh["jax"])), "-"])
     rows.append(["torch: eager, nothing to compile", "n/a" if torch is not None else NOT_INSTALLED, "-"])
     notes = []
     if firsts["jax"]:
-        notes.append(f"jax first call / gradc first call: {median(firsts['jax']) / median(firsts['gradc']):.2f}")
+        notes.append(f"jax first call / gradc first call: {median(firsts['jax']) / median(firsts['gradc']):.2f}"
+                     + (f"; in a new process: {median(fresh['jax']) / median(fresh['gradc']):.2f}"
+                        if fresh["jax"] else ""))
     notes.append("gradc keeps no on-disk cache: every first call compiles. Its GEMMs (blocking loops, "
                  "micro-kernels, packing) are compiled once per process, by the first model that uses "
                  "them, and shared by all later ones: the second row pays for them, the first does not.")
