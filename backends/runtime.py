@@ -9,13 +9,20 @@ GEMM code was ~190 of ~420 ms of a model's compile, and its blocking loops (then
 matmul kernel) most of the rest.
 
 Runtime functions are never freed: their engines stay alive for the process, as every later
-model may call them.
+model may call them. Their object code is also kept on disk (`cache_dir`), keyed by a hash of the
+module's text and the host, so a new process loads it instead of compiling it again.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import tempfile
 import threading
+from pathlib import Path
 from typing import Callable
 
+import llvmlite
 import llvmlite.binding as llvm
 from llvmlite import ir
 
@@ -26,6 +33,7 @@ _definitions: dict[str, Callable[[ir.Module], ir.Function]] = {}
 _addresses: dict[str, int] = {}
 _engines: list[llvm.ExecutionEngine] = []
 _lock = threading.Lock()
+cache_hits = 0  # runtime modules loaded from the cache (see cache_dir) rather than compiled
 
 
 def declare(module: ir.Module, name: str, fnty: ir.FunctionType,
@@ -69,17 +77,75 @@ def compiled_names() -> list[str]:
     return list(_addresses)
 
 
+def cache_dir() -> Path | None:
+    """Where compiled runtime code is kept between processes: GRADC_CACHE_DIR, else
+    ~/.cache/gradc (XDG_CACHE_HOME); GRADC_CACHE_DIR set to an empty string turns it off. Only this
+    model-independent library code is cached; a model's own code is compiled every time."""
+    setting = os.environ.get("GRADC_CACHE_DIR")
+    if setting is not None:
+        return Path(setting) if setting else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradc"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """A digest of the backend's source: the runtime IR is a function of it and the names."""
+    digest = hashlib.sha256(llvmlite.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_key(names: list[str]) -> str:
+    from .jit import host_features  # jit imports this module
+    host = f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {host_features()}"
+    return hashlib.sha256(f"{host}\n{_code_version()}\n{' '.join(sorted(names))}".encode()).hexdigest()
+
+
+def _cached_object(key: str) -> bytes | None:
+    """The object code stored under `key`, if present and intact (its name carries its digest)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    for path in folder.glob(f"{key}.*.o"):
+        data = path.read_bytes()
+        if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":
+            return data
+    return None
+
+
+def _store_object(key: str, data: bytes) -> None:
+    folder = cache_dir()
+    if folder is None:
+        return
+    try:  # written aside, then renamed: a reader never sees half a file
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
+            out.write(data)
+        os.replace(out.name, folder / f"{key}.{hashlib.sha256(data).hexdigest()}.o")
+    except OSError:
+        pass  # a read-only or full disk only costs the next process a compile
+
+
 def _compile(names: list[str]) -> None:
+    global cache_hits
     from .jit import host_target_machine, optimize_module  # jit imports this module
     tm = host_target_machine()
     module = ir.Module(name="gradc.runtime")
     module.triple, module.data_layout = tm.triple, str(tm.target_data)
-    for name in names:
-        _definitions[name](module)
+    key = _cache_key(names)
+    cached = _cached_object(key)
+    if cached is None:
+        for name in names:
+            _definitions[name](module)
+    else:  # MCJIT loads the object in place of this empty module's code
+        cache_hits += 1
     ref = llvm.parse_assembly(str(module))
     ref.verify()
-    optimize_module(ref, tm)
+    if cached is None:
+        optimize_module(ref, tm)
     engine = llvm.create_mcjit_compiler(ref, tm)
+    engine.set_object_cache(lambda _module, data: _store_object(key, data), lambda _module: cached)
     engine.finalize_object()
     for name in names:
         address = engine.get_function_address(name)

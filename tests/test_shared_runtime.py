@@ -37,3 +37,42 @@ def test_an_unknown_runtime_declaration_is_refused_before_it_could_crash():
     ir.Function(module, ir.FunctionType(ir.VoidType(), []), runtime.PREFIX + "no.such.function")
     with pytest.raises(RuntimeError, match="no.such.function"):
         runtime.link(module)
+
+
+FIRST_CALL = """
+import numpy as np, gradc as gc
+from gradc.backends import runtime
+rng = np.random.default_rng(0)
+W, x = rng.standard_normal((40, 30)), rng.standard_normal((20, 40))
+out = gc.jit(lambda W, x: gc.sigmoid(x @ W))(W, x)
+assert np.allclose(out, 1 / (1 + np.exp(-(x @ W))), rtol=1e-12)
+print(runtime.cache_hits)
+"""
+
+
+def _first_call_in_new_process(cache: str) -> int:
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, GRADC_CACHE_DIR=cache))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def test_a_new_process_loads_the_runtime_from_the_cache_and_ignores_a_damaged_entry(tmp_path):
+    assert _first_call_in_new_process(str(tmp_path)) == 0
+    stored = sorted(tmp_path.glob("*.o"))
+    assert stored, "the compiled runtime was not stored"
+    assert _first_call_in_new_process(str(tmp_path)) == len(stored)
+    damaged = stored[0]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # its name no longer matches its digest
+    assert _first_call_in_new_process(str(tmp_path)) == len(stored) - 1
+
+
+def test_an_empty_cache_setting_turns_the_cache_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _first_call_in_new_process("") == 0
+    assert runtime.cache_dir() is not None  # this process's own setting is untouched
+    assert not list(tmp_path.iterdir())
