@@ -458,10 +458,11 @@ class KernelEmitter(FunctionBuilder):
                 self._epilogue(coords, d_writes)
             self.loop(cols, col, "tile.c", loop_id=short_loop_id(self.fn.module))  # cols <= stride
         self.loop(rows, row, "tile.r")
-        first = bld.icmp_unsigned("==", i0, ir.Constant(I64, 0))
-        for slot, (r, acc) in zip(self._partial_slots(bld.udiv(j0, ir.Constant(I64, stride))), accs.items()):
-            tile_total = bld.load(acc)
-            bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
+        if accs:
+            first = bld.icmp_unsigned("==", i0, ir.Constant(I64, 0))
+            for slot, (r, acc) in zip(self._partial_slots(bld.udiv(j0, ir.Constant(I64, stride))), accs.items()):
+                tile_total = bld.load(acc)
+                bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
         bld.ret_void()
 
     def _partial_slots(self, panel: ir.Value) -> list[ir.Value]:
