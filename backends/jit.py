@@ -97,9 +97,8 @@ class NativeFunction:
         self._engine.finalize_object()
         self._entry_address = self._engine.get_function_address(ENTRY)
         call_address = self._engine.get_function_address(CALL)
-        arrays = len(self.input_types) + len(self.output_types)
-        self._call = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.py_object] * arrays, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int64)(call_address) if call_address else None
+        self._call = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_int64)(call_address) if call_address else None
         self._work_terms = builder.work()
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
@@ -235,7 +234,7 @@ class NativeFunction:
                 return None
         shapes, size, work = plan
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
-        if self._call(*args, *outputs, self._workspace(size), _RUNTIME_ADDRESS, self._threads(work)):
+        if self._call((*args, *outputs), self._workspace(size), _RUNTIME_ADDRESS, self._threads(work)):
             return None
         return outputs
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import gradc as gc
 import gradc.backends.jit as jit
-from gradc.backends.boundary import ARRAY_LAYOUT
+from gradc.backends.boundary import ARRAY_LAYOUT, TUPLE_ITEMS
 from gradc.backends.threads import LINE, POOL, SLEEPERS, SPIN_CYCLES
 
 RNG = np.random.default_rng(5)
@@ -37,9 +37,9 @@ def native_of(fn, *args):
     return fn.lower(*args).native
 
 
-def test_the_array_layout_was_recognised():
-    """Without it every call would take the slower Python path; this numpy and Python are supported."""
-    assert ARRAY_LAYOUT is not None
+def test_the_array_and_tuple_layouts_were_recognised():
+    """Without them every call would take the slower Python path; this numpy and Python are supported."""
+    assert ARRAY_LAYOUT is not None and TUPLE_ITEMS is not None
 
 
 @settings(max_examples=60, deadline=None)
