@@ -42,9 +42,10 @@ multiply-adds. Branches around the helpers' calls that are invariant in the bloc
 avoided where possible (the pack routine tests its `run` flag itself): LLVM's loop unswitching
 would copy the loops per branch.
 
-Threads: a GEMM call computes only the columns [n_begin, n_end) of C; splitting N at multiples of
-NR (better: of NC) across threads gives each thread its own panels. Each thread then needs its own
-`pack` region of `pack_elements(K, width of its range)` elements.
+Threads: a GEMM call computes only the rows [m_begin, m_end) and columns [n_begin, n_end) of C.
+Splitting N at multiples of NR across threads gives each thread its own panels of B to pack, but
+every thread packs all of a transposed A; splitting M (at multiples of MR) the other way round.
+Each thread needs its own `pack` region of `pack_elements(K, width of its range)` elements.
 
 Only alignment that is provable is claimed: the tile buffer is a 64-byte aligned alloca; the pack
 region is realigned to 64 bytes at run time (that is what `pack_elements`' slack pays for) but
@@ -123,6 +124,11 @@ DEFAULT_CONFIG = GemmConfig()
 def gemm_nr(fty: ir.Type, config: GemmConfig | None = None) -> int:
     """Output columns per micro-kernel tile: thread ranges cut at multiples of it keep panels whole."""
     return (config or DEFAULT_CONFIG).nr(fty)
+
+
+def gemm_mr(config: GemmConfig | None = None) -> int:
+    """Rows per micro-kernel tile: thread ranges cut at multiples of it keep tiles whole."""
+    return (config or DEFAULT_CONFIG).mr
 
 
 def pack_elements(K: int | str, N: int | str, config: GemmConfig | None = None, *,
@@ -599,7 +605,7 @@ class _Gemm:
                           align=min(64, self.vw * self.esize))
 
     # -- blocking ----------------------------------------------------------------------------------
-    def emit_range(self, n_begin: ir.Value, n_end: ir.Value) -> None:
+    def emit_range(self, n_begin: ir.Value, n_end: ir.Value, m_begin: ir.Value, m_end: ir.Value) -> None:
         fb, bld = self.fb, self.fb.b
         if self.packed_a:  # after the widest B block this range packs: min(NC, round_up(width, NR))
             width = bld.and_(bld.add(bld.sub(n_end, n_begin), _const(self.nr - 1)), _const(-self.nr))
@@ -615,8 +621,8 @@ class _Gemm:
             nc = _min(bld, _const(self.nc), bld.sub(n_end, jc))
 
             def row_block(ic):
-                mc = _min(bld, _const(self.mc), bld.sub(self.M, ic))
-                first = bld.icmp_signed("==", ic, _const(0))
+                mc = _min(bld, _const(self.mc), bld.sub(m_end, ic))
+                first = bld.icmp_signed("==", ic, m_begin)
 
                 if self.packed_a:
                     self.pack_a(self.apack, ic, mc)
@@ -651,7 +657,7 @@ class _Gemm:
                         self.epilogue(i0, j0, rows, cols, self.tile, self.nr)
                     _for(fb, _const(0), mc, self.mr, tile, "gemm.ir")
                 _for(fb, _const(0), nc, self.nr, panel, "gemm.jr")
-            _for(fb, _const(0), self.M, self.mc, row_block, "gemm.ic")
+            _for(fb, m_begin, m_end, self.mc, row_block, "gemm.ic")
         _for(fb, n_begin, n_end, self.nc, column_block, "gemm.jc")
 
 
@@ -663,8 +669,8 @@ EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64, I64, PTR])
 for every finished tile, with the context pointer the caller passed (see `emit_gemm_call`)."""
 TILE_ARGS = [("i0", I64), ("j0", I64), ("rows", I64), ("cols", I64), ("tile", PTR)]
 """The trailing arguments of an epilogue's body (see `define_epilogue`)."""
-GEMM_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64, I64, I64, PTR, PTR])
-GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "epilogue", "context"]
+GEMM_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * 7 + [PTR, PTR])
+GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "m_begin", "m_end", "epilogue", "context"]
 
 
 def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmConfig | None = None) -> str:
@@ -677,15 +683,16 @@ def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmCo
 
 def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b: bool,
                 config: GemmConfig | None = None) -> ir.Function:
-    """Define in `module` (once) `void gemm(a, b, pack, M, N, K, n_begin, n_end, epilogue, context)`.
+    """Define in `module` (once) `void gemm(a, b, pack, M, N, K, n_begin, n_end, m_begin, m_end,
+    epilogue, context)`.
 
-    It computes the columns [n_begin, n_end) of C = op(A) @ op(B) (0 <= n_begin <= n_end <= N; all
-    of C: 0, N) and calls `epilogue(context, i0, j0, rows, cols, tile)` (an EPILOGUE_TYPE function
+    It computes the rows [m_begin, m_end) and columns [n_begin, n_end) of C = op(A) @ op(B)
+    (0 <= n_begin <= n_end <= N, the same for rows; all of C: 0, N, 0, M) and calls `epilogue(context, i0, j0, rows, cols, tile)` (an EPILOGUE_TYPE function
     pointer) for every MR x NR tile of C, in no particular order, once it is complete:
     tile[r*NR + c] holds C[i0 + r, j0 + c] for r < rows <= MR, c < cols <= NR (NR = gemm_nr).
     a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); pack: scratch of
-    pack_elements(K, n_end - n_begin) elements, private to the call. Ranges split at multiples of
-    NR keep every panel full.
+    pack_elements(K, n_end - n_begin) elements, private to the call. Column ranges split at multiples
+    of NR keep every panel full; row ranges at multiples of MR every tile.
     """
     name = gemm_name(fty, transpose_a, transpose_b, config)
     fn = module.globals.get(name)
@@ -695,7 +702,7 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     fn.attributes.add("nounwind")
     for arg, arg_name in zip(fn.args, GEMM_ARGS):
         arg.name = arg_name
-    a, b, pack, M, N, K, n_begin, n_end, epilogue, context = fn.args
+    a, b, pack, M, N, K, n_begin, n_end, m_begin, m_end, epilogue, context = fn.args
     for arg in (a, b, pack):  # only read (a, b) or private (pack); the epilogue writes elsewhere
         arg.add_attribute("noalias")
     body = _Body(fn)
@@ -704,21 +711,22 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     def call_epilogue(i0, j0, rows, cols, tile, stride):
         body.b.call(callback, [context, i0, j0, rows, cols, body.b.bitcast(tile, PTR)])
     _Gemm(body, fty, a, b, M, N, K, transpose_a, transpose_b, pack, call_epilogue,
-          config).emit_range(n_begin, n_end)
+          config).emit_range(n_begin, n_end, m_begin, m_end)
     body.b.ret_void()
     return fn
 
 
 def emit_gemm_call(bld: ir.IRBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, pack: ir.Value,
                    M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
-                   epilogue: ir.Function, context: ir.Value, n_begin: ir.Value, n_end: ir.Value, *,
-                   config: GemmConfig | None = None) -> None:
+                   epilogue: ir.Function, context: ir.Value, n_begin: ir.Value, n_end: ir.Value,
+                   m_begin: ir.Value, m_end: ir.Value, *, config: GemmConfig | None = None) -> None:
     """Call the shared runtime's GEMM (`define_gemm`) at bld's position; the module only declares it."""
     fn = runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config), GEMM_TYPE,
                          functools.partial(define_gemm, fty=fty, transpose_a=transpose_a,
                                            transpose_b=transpose_b, config=config))
     pointers = [bld.bitcast(x, PTR) for x in (a, b, pack)]
-    bld.call(fn, pointers + [M, N, K, n_begin, n_end, bld.bitcast(epilogue, PTR), bld.bitcast(context, PTR)])
+    bld.call(fn, pointers + [M, N, K, n_begin, n_end, m_begin, m_end, bld.bitcast(epilogue, PTR),
+                             bld.bitcast(context, PTR)])
 
 
 def store_epilogue(module: ir.Module, fty: ir.Type, config: GemmConfig | None = None) -> ir.Function:
@@ -791,7 +799,7 @@ def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a
     for i, v in enumerate((M, N, K)):
         ob.store(v, ob.gep(dims, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
     context = store_context(ob, lambda ty, n: ob.alloca(ty, name=n), [c, dims])
-    ob.call(gemm, [a, b, pack, M, N, K, _const(0), N, ob.bitcast(epilogue, PTR), context])
+    ob.call(gemm, [a, b, pack, M, N, K, _const(0), N, _const(0), M, ob.bitcast(epilogue, PTR), context])
     ob.ret_void()
     return outer
 

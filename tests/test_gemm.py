@@ -49,9 +49,9 @@ VARIANTS.update({
 })
 
 
-def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bool) -> None:
-    """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns [0, S) and [S, N) as two calls of the
-    GEMM, each with its own pack region, the way two threads would split the work."""
+def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bool, rows: bool) -> None:
+    """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns (or with `rows`, rows) [0, S) and
+    [S, N) as two calls of the GEMM, each with its own pack region, the way two threads split work."""
     define_gemm(module, fty, ta, tb)
     tile = FunctionBuilder(module, f"{name}.tile", ["c"], {"M": 0, "N": 1, "K": 2, "S": 3}, extra=TILE_ARGS)
     store_tile(tile, tile.buffers[0], tile.size(["N"]), fty, gemm_nr(fty))
@@ -63,12 +63,18 @@ def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bo
     M, N, K, S = (fb.size([d]) for d in "MNKS")
     bld = fb.b
     context = store_context(bld, fb.entry_alloca, [c, fb.fn.args[5]])
-    emit_gemm_call(bld, fty, a, b, pack0, M, N, K, ta, tb, epilogue, context, ir.Constant(ir.IntType(64), 0), S)
-    emit_gemm_call(bld, fty, a, b, pack1, M, N, K, ta, tb, epilogue, context, S, N)
+    zero = ir.Constant(ir.IntType(64), 0)
+    if rows:
+        emit_gemm_call(bld, fty, a, b, pack0, M, N, K, ta, tb, epilogue, context, zero, N, zero, S)
+        emit_gemm_call(bld, fty, a, b, pack1, M, N, K, ta, tb, epilogue, context, zero, N, S, M)
+    else:
+        emit_gemm_call(bld, fty, a, b, pack0, M, N, K, ta, tb, epilogue, context, zero, S, zero, M)
+        emit_gemm_call(bld, fty, a, b, pack1, M, N, K, ta, tb, epilogue, context, S, N, zero, M)
     bld.ret_void()
 
 
-SPLITS = {f"split_f32_{int(ta)}{int(tb)}": (ta, tb) for ta, tb in [(False, False), (True, True)]}
+SPLITS = {f"split_{'rows' if rows else 'cols'}_f32_{int(ta)}{int(tb)}": (ta, tb, rows)
+          for ta, tb in [(False, False), (True, True), (True, False)] for rows in (False, True)}
 
 
 class Compiled:
@@ -78,8 +84,8 @@ class Compiled:
         module.triple, module.data_layout = tm.triple, str(tm.target_data)
         for name, (d, ta, tb, transform, config) in VARIANTS.items():
             emit_standalone_gemm(module, name, DTYPES[d][0], ta, tb, transform, config=config)
-        for name, (ta, tb) in SPLITS.items():
-            emit_split_gemm(module, name, F32, ta, tb)
+        for name, (ta, tb, rows) in SPLITS.items():
+            emit_split_gemm(module, name, F32, ta, tb, rows)
         self.unoptimized = str(module)
         ref = llvm.parse_assembly(self.unoptimized)
         ref.verify()
@@ -222,11 +228,14 @@ def test_epilogue_transform_placement(compiled):
 
 
 @pytest.mark.parametrize("name", list(SPLITS))
-def test_column_ranges_with_private_packs(compiled, name):
-    """Two GEMM calls over [0, S) and [S, N), each with its own pack_elements(K, width)."""
-    ta, tb = SPLITS[name]
+def test_row_and_column_ranges_with_private_packs(compiled, name):
+    """Two GEMM calls over columns (or rows) [0, S) and [S, N), each with its own pack region."""
+    ta, tb, rows = SPLITS[name]
     rng = np.random.default_rng(1)
-    for M, N, K, S in [(13, 300, 37, 128), (7, 70, 5, 64), (20, 200, 16, 0), (20, 200, 16, 200), (9, 131, 3, 67)]:
+    cases = [(13, 300, 37, 128), (7, 70, 5, 64), (20, 200, 16, 0), (20, 200, 16, 200), (9, 131, 3, 67)]
+    if rows:  # S splits M, at multiples of MR (6) or anywhere
+        cases = [(300, 13, 37, 126), (70, 7, 5, 64), (200, 20, 16, 0), (200, 20, 16, 200), (131, 9, 3, 67)]
+    for M, N, K, S in cases:
         g = Guarded()
         a = g.array((K, M) if ta else (M, K), np.float32)
         b = g.array((N, K) if tb else (K, N), np.float32)
@@ -235,7 +244,7 @@ def test_column_ranges_with_private_packs(compiled, name):
         c = g.array((M, N), np.float32)
         c[...] = np.nan
         packs = [g.array((int(np.prod(pack_elements(K, w, transpose_a=ta))),), np.float32, misalign=4)
-                 for w in (S, N - S)]
+                 for w in ((N, N) if rows else (S, N - S))]
         dims = np.array([M, N, K, S], np.int64)
         compiled.splits[name](c.ctypes.data, a.ctypes.data, b.ctypes.data, packs[0].ctypes.data,
                               packs[1].ctypes.data, dims.ctypes.data)
