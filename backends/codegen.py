@@ -18,6 +18,7 @@ from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
 from . import mathlib
+from .threads import MAX_THREADS
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
@@ -232,21 +233,29 @@ def is_parallel(kernel: Kernel) -> bool:
 
 
 def split_rows(kernel: Kernel) -> bool:
-    """Whether threads split a GEMM kernel's rows rather than its columns. Split by columns, every
-    thread packs all of a transposed A (M x K); split by rows, every thread packs all of B (K x N).
-    Rows win when A is transposed and M > N (measured, interleaved: 3% faster at 1024 x 784 x 256,
-    2% slower at 2048 x 2048 x 512); never for `combines` kernels, whose partial results are per
-    panel of columns."""
+    """Whether threads split a GEMM kernel's rows rather than its columns.
+
+    - Fewer panels of NR columns than threads leave a thread idle: rows (a classifier head's 10
+      columns, say). With a panel or two each, columns still (interleaved, the small step's
+      x Uᵀ, 2 panels, K = 784, was 15% slower split by rows: every thread packed all of Uᵀ).
+    - Split by columns, every thread packs all of a transposed A (M x K); split by rows, every
+      thread packs all of B (K x N). Rows win when A is transposed and M > N (measured,
+      interleaved: 3% faster at 1024 x 784 x 256, 2% slower at 2048 x 2048 x 512).
+    Symbolic shapes split columns. A `combines` kernel keeps its partial results per row block of
+    MR rows when it splits rows, per panel of NR columns otherwise."""
+    from .gemm import gemm_nr
     mm = kernel.matmul
     m, n = mm.result.type.shape
-    return (mm.attrs["transpose_a"] and not combines(kernel) and isinstance(m, int) and isinstance(n, int)
-            and m > n)
+    if not (isinstance(m, int) and isinstance(n, int)):
+        return False
+    panels = -(-n // gemm_nr(FLOAT_TYPES[mm.result.type.dtype]))
+    return panels < MAX_THREADS or (mm.attrs["transpose_a"] and m > n)
 
 
 def combines(kernel: Kernel) -> bool:
     """A GEMM kernel that also reduces its whole output: each thread leaves a partial result per
-    panel of NR columns (in `partials`), and a second, single-threaded function combines them in
-    panel order, so the bits do not depend on the thread count."""
+    panel of NR columns, or per block of MR rows if it `split_rows` (in `partials`), and a second,
+    single-threaded function combines them in order, so the bits do not depend on the thread count."""
     return kernel.matmul is not None and kernel.reduced is not None
 
 
@@ -459,7 +468,7 @@ class KernelEmitter(FunctionBuilder):
         tile (rows `stride` elements apart); a reduction's sum over the tile goes into the partial
         result of its panel (tiles come in row order, so a panel's first has i0 = 0). This
         function's last arguments are the accumulators' pointers and TILE_ARGS."""
-        from .gemm import TILE_ARGS
+        from .gemm import TILE_ARGS, gemm_mr
         fty = FLOAT_TYPES[self.kernel.matmul.result.type.dtype]
         bld = self.b
         i0, j0, rows, cols, tile = self.extra[-len(TILE_ARGS):]
@@ -480,36 +489,42 @@ class KernelEmitter(FunctionBuilder):
                 self._epilogue(coords, d_writes)
             self.loop(cols, col, "tile.c", loop_id=short_loop_id(self.fn.module))  # cols <= stride
         self.loop(rows, row, "tile.r")
-        if accs:
-            first = bld.icmp_unsigned("==", i0, ir.Constant(I64, 0))
-            for slot, (r, acc) in zip(self._partial_slots(bld.udiv(j0, ir.Constant(I64, stride))), accs.items()):
+        if accs:  # a part's tiles come in order along it: its first has the other coordinate 0
+            if split_rows(self.kernel):
+                part, first = bld.udiv(i0, ir.Constant(I64, gemm_mr())), j0
+            else:
+                part, first = bld.udiv(j0, ir.Constant(I64, stride)), i0
+            first = bld.icmp_unsigned("==", first, ir.Constant(I64, 0))
+            for slot, (r, acc) in zip(self._partial_slots(part), accs.items()):
                 tile_total = bld.load(acc)
                 bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
         bld.ret_void()
 
-    def _partial_slots(self, panel: ir.Value) -> list[ir.Value]:
-        """Where each reduction keeps its partial result for `panel`."""
+    def _partial_slots(self, part: ir.Value) -> list[ir.Value]:
+        """Where each reduction keeps its partial result for `part` (a panel or a row block)."""
         reductions = self._reductions()
-        base = self.b.mul(panel, ir.Constant(I64, len(reductions)), flags=("nuw", "nsw"))
+        base = self.b.mul(part, ir.Constant(I64, len(reductions)), flags=("nuw", "nsw"))
         return [self.element(self.partials, self.b.add(base, ir.Constant(I64, i), flags=("nuw", "nsw")),
                              FLOAT_TYPES[r.result.type.dtype]) for i, r in enumerate(reductions)]
 
     def _emit_combine(self) -> None:
-        """The reductions of a `combines` kernel: its panels' partial results in panel order, then
-        the ops after the reductions."""
-        from .gemm import gemm_nr
+        """The reductions of a `combines` kernel: its parts' partial results in order, then the ops
+        after the reductions."""
+        from .gemm import gemm_mr, gemm_nr
         bld, mm = self.b, self.kernel.matmul
-        m, n = mm.result.type.shape
-        nr = ir.Constant(I64, gemm_nr(FLOAT_TYPES[mm.result.type.dtype]))
-        panels = bld.udiv(bld.add(self.size([n]), bld.sub(nr, ir.Constant(I64, 1))), nr)
-        rows = self.size([m])
-        panels = bld.select(bld.icmp_unsigned(">", rows, ir.Constant(I64, 0)), panels, ir.Constant(I64, 0))
+        m, n = (self.size([d]) for d in mm.result.type.shape)
+        if split_rows(self.kernel):
+            along, across, step = m, n, gemm_mr()
+        else:
+            along, across, step = n, m, gemm_nr(FLOAT_TYPES[mm.result.type.dtype])
+        parts = bld.udiv(bld.add(along, ir.Constant(I64, step - 1)), ir.Constant(I64, step))
+        parts = bld.select(bld.icmp_unsigned(">", across, ir.Constant(I64, 0)), parts, ir.Constant(I64, 0))
         accs = self._accumulators(self._reductions())
 
-        def panel(p: ir.Value) -> None:
+        def part(p: ir.Value) -> None:
             for slot, (r, acc) in zip(self._partial_slots(p), accs.items()):
                 bld.store(self._combine(r, bld.load(acc), bld.load(slot)), acc)
-        self.loop(panels, panel, "panel")
+        self.loop(parts, part, "part")
         self.cache = {}
         for r, acc in accs.items():
             self.registers[r.result] = bld.load(acc)

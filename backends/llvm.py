@@ -25,7 +25,7 @@ from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, is_parallel,
-                      product)
+                      product, split_rows)
 from .boundary import ARRAY_LAYOUT, emit_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
 
@@ -143,10 +143,11 @@ class ModuleBuilder:
                 copies = (MAX_THREADS,) if is_parallel(k) else ()  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
-                if combines(k):  # a partial result per panel and reduction (at most one panel a column)
+                if combines(k):  # a partial result per part and reduction (parts: at most a row or column each)
                     reductions = sum(op.opdef.kind == REDUCTION for op in k.ops)
-                    buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (mm.result.type.shape[1],
-                                                            reductions), itemsize, scratch=True)))
+                    along = mm.result.type.shape[0 if split_rows(k) else 1]
+                    buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (along, reductions), itemsize,
+                                                            scratch=True)))
                 self.scratch[k] = [key for key, _ in buffers]
                 lifetimes += [(key, buf, index[k], index[k]) for key, buf in buffers]
         self.memory = plan_memory(lifetimes)
