@@ -116,3 +116,21 @@ def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(monkeypat
         np.testing.assert_array_equal(a, b)
     want = np.mean((1 / (1 + np.exp(-(args[2].astype(np.float64) @ args[0].T))) @ args[1].T - args[3]) ** 2)
     np.testing.assert_allclose(single[0], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("columns", [7, 300])
+def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(monkeypatch, columns):
+    """Few columns: threads split rows, partial results per row block; many: columns, per panel."""
+    from gradc.backends.codegen import combines, split_rows
+    fn = gc.jit(lambda a, b: (gc.sum(gc.tanh(a @ b)), gc.max(a @ b)))
+    a, b = RNG.standard_normal((211, 45)), RNG.standard_normal((45, columns))
+    (kernel,) = [k for k in fn.lower(a, b).fusion.kernels if k.matmul is not None]
+    assert combines(kernel) and split_rows(kernel) == (columns == 7)
+    monkeypatch.setattr(jit, "PARALLEL_WORK", float("inf"))
+    single = fn(a, b)
+    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    for _ in range(3):
+        for x, y in zip(single, fn(a, b)):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(single[0], np.tanh(a @ b).sum(), rtol=1e-10)
+    np.testing.assert_allclose(single[1], (a @ b).max(), rtol=1e-12)
