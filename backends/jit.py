@@ -151,16 +151,14 @@ class NativeFunction:
         return ShapeError(f"argument {name!r}: expected shape {t}{binding}, got {a.ndim}-D shape {list(a.shape)}")
 
     def _workspace(self, size: int) -> int | None:
-        if size == 0:
-            return None
         local = self._per_thread
         try:
             if local.size >= size:
                 return local.address
-        except AttributeError:
+        except AttributeError:  # this thread's first call
             pass
-        local.buffer = np.empty(size, np.uint8)
-        local.size, local.address = size, local.buffer.ctypes.data
+        local.buffer = np.empty(size, np.uint8) if size else None
+        local.size, local.address = size, local.buffer.ctypes.data if size else None
         return local.address
 
     @property
@@ -234,7 +232,8 @@ class NativeFunction:
                 return None
         shapes, size, work = plan
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
-        if self._call((*args, *outputs), self._workspace(size), _RUNTIME_ADDRESS, self._threads(work)):
+        threads = 1 if work < PARALLEL_WORK else self._threads(work)
+        if self._call((*args, *outputs), self._workspace(size), _RUNTIME_ADDRESS, threads):
             return None
         return outputs
 

@@ -114,7 +114,7 @@ class Compiled:
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
         self._annotated_compiled: tuple[Lowered, Any] | None = None
-        self._last: tuple[NativeFunction, Any] | None = None  # the native function called last
+        self._last: tuple[NativeFunction, Callable] | None = None  # the native function called last, its packer
         self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
@@ -168,7 +168,7 @@ class Compiled:
         if last is not None:  # the hot path: native code checks that the arguments still fit
             outputs = last[0].try_call(args)
             if outputs is not None:
-                return self._package(outputs, last[1])
+                return last[1](outputs)
         if self.annotated is not None:
             if self._annotated_compiled is None:
                 self._annotated_compiled = self._compile(self.annotated)
@@ -185,8 +185,17 @@ class Compiled:
             lowered, shape = compiled
         native = lowered.native
         outputs = native(*args)
-        self._last = (native, shape)
+        self._last = (native, self._packer(shape))
         return self._package(outputs, shape)
+
+    def _packer(self, shape: tuple) -> Callable[[list[np.ndarray]], Any]:
+        """`_package` for one signature, the common cases spelled out: it runs on every call."""
+        structure, n_out = shape
+        if self.mode == "value_and_grad" and not self.has_aux and n_out == 1:
+            return (lambda o: (o[0], o[1])) if self.single else (lambda o: (o[0], tuple(o[1:])))
+        if self.mode == "grad" and not self.has_aux and n_out == 1:
+            return (lambda o: o[1]) if self.single else (lambda o: tuple(o[1:]))
+        return functools.partial(self._package, shape=shape)
 
     def _package(self, outputs: list[np.ndarray], shape: tuple) -> Any:
         """The native outputs in the structure fn returns (and its gradients after them)."""
