@@ -4,16 +4,19 @@ Handing numpy arrays to native code through ctypes costs about 0.7 µs an array 
 data address in Python, more than a tiny step's arithmetic. `gradc_call` instead takes the array
 objects themselves (ctypes passes a `py_object` as a bare pointer) and reads their headers, whose
 layout is numpy's public C struct `PyArrayObject_fields`. It checks what the Python path would:
-the exact type ndarray, the dtype, the rank, every extent (binding symbolic dims), and that the
+the exact type ndarray, the dtype, the rank, every extent (symbolic dims included), and that the
 data is C-contiguous and aligned. Any mismatch returns the failing argument's number before anything
 runs, and the caller then takes the Python path, which copies what it can and otherwise raises the
 error that names the argument. The layout is verified on real arrays at import; if it does not match
 (another numpy or Python build), `ARRAY_LAYOUT` is None and only the Python path is used.
 
-    i32 gradc_call(ptr arrays, ptr workspace, ptr runtime, i64 threads)
+    i32 gradc_call(ptr arrays, ptr dims, ptr workspace, ptr runtime, i64 threads)
 
 takes one tuple of the inputs then the outputs (allocated by the caller with the right shapes): a
-ctypes call costs about 0.15 µs an argument, so one tuple beats ten arrays; `runtime` points
+ctypes call costs about 0.15 µs an argument, so one tuple beats ten arrays. `dims` holds the
+symbolic dims' values the caller sized the outputs and workspace for: every extent must match them
+(read here, not bound here, so an array reshaped in place by another thread meanwhile cannot make
+the kernels overrun what was allocated). `runtime` points
 at `RUNTIME`, the process's addresses that compiled code may not bake in (ndarray's type object,
 the dtype objects and the helper threads' control block). A parallel call goes on to the shared
 runtime's `run` (threads.py).
@@ -43,6 +46,7 @@ DTYPE_SLOTS = {"f32": RUNTIME_F32, "f64": RUNTIME_F64}
 class ArrayLayout:
     """Byte offsets of the header fields of a numpy array object."""
 
+    type: int
     data: int
     ndim: int
     shape: int
@@ -52,15 +56,17 @@ class ArrayLayout:
 
 def _probe_array_layout() -> ArrayLayout | None:
     """numpy's struct after the object header, checked field by field against arrays we know."""
-    header = object.__basicsize__
-    layout = ArrayLayout(data=header, ndim=header + 8, shape=header + 16, descr=header + 40, flags=header + 48)
+    header = object.__basicsize__  # ob_type is the header's last field, in every CPython build
+    layout = ArrayLayout(type=header - 8, data=header, ndim=header + 8, shape=header + 16, descr=header + 40,
+                         flags=header + 48)
     if layout.flags + 4 > np.ndarray.__basicsize__:
         return None
     probes = [np.empty((3, 5), np.float32), np.empty((4, 2), np.float64, order="F")[::2], np.empty((), np.float32)]
     for a in probes:
         base = id(a)
         ndim = ctypes.c_int32.from_address(base + layout.ndim).value
-        if (ctypes.c_void_p.from_address(base + layout.data).value != a.ctypes.data
+        if (ctypes.c_void_p.from_address(base + layout.type).value != id(np.ndarray)
+                or ctypes.c_void_p.from_address(base + layout.data).value != a.ctypes.data
                 or ctypes.c_void_p.from_address(base + layout.descr).value != id(a.dtype)
                 or ndim != a.ndim
                 or ctypes.c_int32.from_address(base + layout.flags).value != a.flags.num):
@@ -92,14 +98,13 @@ def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: i
     """`gradc_call` for `graph` (see the module docstring); needs ARRAY_LAYOUT."""
     layout = ARRAY_LAYOUT
     n_in, n_out = len(graph.inputs), len(graph.outputs)
-    fn = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, I64]), CALL)
+    fn = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR, I64]), CALL)
     cold_code(fn)  # measured: no slower a call (it is a few dozen loads and compares)
-    arrays, workspace, runtime, threads = fn.args
+    arrays, dims, workspace, runtime, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     items = [b.load(b.bitcast(b.gep(arrays, [ir.Constant(I64, TUPLE_ITEMS + 8 * i)], inbounds=True), PTR.as_pointer()))
              for i in range(n_in + n_out)]
     args = b.alloca(PTR, n_in + n_out, name="args")
-    dims = b.alloca(I64, max(len(symbols), 1), name="dims")
     refuse = fn.append_basic_block("refuse")
 
     def word(obj: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
@@ -117,11 +122,11 @@ def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: i
         b.cbranch(ok, passed, refuse)
         b.position_at_end(passed)
 
-    bound: set[str] = set()
     array_type = runtime_word(RUNTIME_ARRAY_TYPE)
+    dim_values = b.bitcast(dims, I64.as_pointer())
     for i, (obj, v) in enumerate(zip(items, graph.inputs), start=1):
         t = v.type
-        require(b.icmp_unsigned("==", word(obj, 8, I64), array_type), i)  # ob_type: exactly ndarray
+        require(b.icmp_unsigned("==", word(obj, layout.type, I64), array_type), i)  # exactly ndarray
         require(b.icmp_unsigned("==", word(obj, layout.descr, I64), runtime_word(DTYPE_SLOTS[t.dtype])), i)
         require(b.icmp_signed("==", word(obj, layout.ndim, I32), ir.Constant(I32, t.rank)), i)
         flags = b.and_(word(obj, layout.flags, I32), ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED))
@@ -129,28 +134,15 @@ def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: i
         shape = b.bitcast(word(obj, layout.shape, PTR), I64.as_pointer())
         for axis, d in enumerate(t.shape):
             extent = b.load(b.gep(shape, [ir.Constant(I64, axis)], inbounds=True))
-            if isinstance(d, int):
-                require(b.icmp_signed("==", extent, ir.Constant(I64, d)), i)
-                continue
-            slot = b.gep(dims, [ir.Constant(I64, symbols[d])], inbounds=True)
-            if d in bound:
-                require(b.icmp_signed("==", extent, b.load(slot)), i)
-            else:
-                b.store(extent, slot)
-                bound.add(d)
+            expected = ir.Constant(I64, d) if isinstance(d, int) else \
+                b.load(b.gep(dim_values, [ir.Constant(I64, symbols[d])], inbounds=True))
+            require(b.icmp_signed("==", extent, expected), i)
         b.store(word(obj, layout.data, PTR), b.gep(args, [ir.Constant(I64, i - 1)], inbounds=True))
     for j, obj in enumerate(items[n_in:]):
         b.store(word(obj, layout.data, PTR), b.gep(args, [ir.Constant(I64, n_in + j)], inbounds=True))
 
-    args, dims = b.bitcast(args, PTR), b.bitcast(dims, PTR)
-    with b.if_else(b.icmp_unsigned(">", threads, ir.Constant(I64, 1))) as (shared, alone):
-        with shared:
-            control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
-            b.call(declare_run(module), [control, b.bitcast(entry, PTR), args, dims, workspace, threads])
-        with alone:
-            counter = b.alloca(I64)
-            b.store(ir.Constant(I64, 0), counter)
-            b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
+    control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
+    b.call(declare_run(module), [control, b.bitcast(entry, PTR), b.bitcast(args, PTR), dims, workspace, threads])
     b.ret(ir.Constant(I32, 0))
 
     b.position_at_end(refuse)

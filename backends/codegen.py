@@ -224,8 +224,9 @@ class FunctionBuilder:
 
 def is_parallel(kernel: Kernel) -> bool:
     """Kernels whose work splits across threads without changing a single result bit: a GEMM by
-    output columns (a reduction of its whole output sums per-panel partials in a fixed order, see
-    `combines`), loops by outer rows. Other whole-tensor reductions stay on one thread."""
+    output columns or rows (`split_rows`; a reduction of its whole output sums partial results in a
+    fixed order, see `combines`), loops by outer rows. Other whole-tensor reductions stay on one
+    thread."""
     if kernel.matmul is not None:
         return True
     outer = kernel.kept() if kernel.reduced is not None else tuple(range(len(kernel.domain)))
@@ -423,8 +424,9 @@ class KernelEmitter(FunctionBuilder):
         self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
-        """A call of the shared runtime's GEMM for this thread's share of the output columns, whose
-        per-tile callback (`emit_tile`, in a function of its own) evaluates the kernel's fused ops."""
+        """A call of the shared runtime's GEMM for this thread's share of the output columns (or rows,
+        `split_rows`), whose per-tile callback (`emit_tile`, in a function of its own) evaluates the
+        kernel's fused ops."""
         from .gemm import (define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context,
                            store_epilogue)
         mm = self.kernel.matmul

@@ -1,6 +1,6 @@
 """A register-blocked matrix multiply emitted as LLVM IR, with a per-tile epilogue callback.
 
-`define_gemm` defines a function computing C = op(A) @ op(B) (or a range of its columns) for
+`define_gemm` defines a function computing C = op(A) @ op(B) (or a range of its rows and columns) for
 run-time sizes M, N, K. C never exists as a whole: each MR x NR output tile is accumulated over all
 of K in vector registers, stored into a small tile buffer, and handed to the caller's epilogue, a
 function pointer the GEMM calls per tile (store into the real output, fuse a bias and a sigmoid,

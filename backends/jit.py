@@ -25,6 +25,7 @@ _RUNTIME_ADDRESS = RUNTIME.ctypes.data
 _MAX_PLANS = 64  # call plans kept per function with symbolic dims, one per distinct set of dims
 
 _init_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_init_lock=threading.Lock()))
 _initialized = False
 
 
@@ -98,7 +99,7 @@ class NativeFunction:
         self._entry_address = self._engine.get_function_address(ENTRY)
         call_address = self._engine.get_function_address(CALL)
         self._call = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_int64)(call_address) if call_address else None
+                                      ctypes.c_void_p, ctypes.c_int64)(call_address) if call_address else None
         self._work_terms = builder.work()
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
@@ -121,17 +122,19 @@ class NativeFunction:
         self._pointers = ctypes.c_void_p * (len(self.input_types) + len(self.output_types))
         self._outputs = [(t.np_dtype, [(index.get(d), d) for d in t.shape]) for t in self.output_types]
         self._per_thread = threading.local()  # a workspace per thread: calls never share one
-        self._plans: dict[tuple[int, ...], tuple[list, int, float]] = {}
+        self._plans: dict[tuple[int, ...], tuple] = {}
         self._static_plan = None if self.symbols else self._plan(())
 
-    def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float]:
-        """For these values of the symbolic dims: output shapes, workspace bytes, operation count."""
+    def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float, ctypes.Array]:
+        """For these values of the symbolic dims: output shapes, workspace bytes, operation count,
+        and the dims as native code reads them."""
         plan = self._plans.get(dims)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
-            plan = self._plans[dims] = (self._output_shapes(dims), int(self._workspace_size(self._dims_type(*dims))),
-                                        self._work(dims))
+            values = self._dims_type(*dims)
+            plan = self._plans[dims] = (self._output_shapes(dims), int(self._workspace_size(values)),
+                                        self._work(dims), values)
         return plan
 
     def _work(self, dims: Sequence[int]) -> float:
@@ -225,15 +228,20 @@ class NativeFunction:
         if self._call is None or len(args) != self._n_inputs:
             return None
         plan = self._static_plan
-        if plan is None:
+        if plan is None:  # sized from the arrays' shapes as they are now; native code checks them again
             try:
                 plan = self._plan(tuple(args[a].shape[axis] for a, axis in self._binding))
-            except (AttributeError, IndexError):
+            except (AttributeError, IndexError, TypeError):
                 return None
-        shapes, size, work = plan
-        outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
+        shapes, size, work, dims = plan
+        try:
+            outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
+            workspace = self._workspace(size)
+        except (MemoryError, ValueError):  # shapes from something that is not a real array
+            return None
         threads = 1 if work < PARALLEL_WORK else self._threads(work)
-        if self._call((*args, *outputs), self._workspace(size), _RUNTIME_ADDRESS, threads):
+        # len(args) was checked above: native code reads exactly that many tuple items
+        if self._call((*args, *outputs), dims, workspace, _RUNTIME_ADDRESS, threads):
             return None
         return outputs
 
@@ -246,7 +254,7 @@ class NativeFunction:
         """The path for anything the fast path refuses: lists, strided or misaligned arrays (copied),
         and wrong arguments (a Python exception naming the argument)."""
         arrays, dims = self._check(args)
-        shapes, size, work = self._static_plan or self._plan(tuple(dims[:len(self.symbols)]))
+        shapes, size, work, _ = self._static_plan or self._plan(tuple(dims[:len(self.symbols)]))
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]
         pointers = self._pointers(*(a.ctypes.data for a in arrays), *(a.ctypes.data for a in outputs))
         self._run(POOL.control_address, self._entry_address, pointers, dims, self._workspace(size),

@@ -4,7 +4,7 @@
 input and output buffer addresses (inputs first), the values of the symbolic dims, and one workspace
 holding every temporary; it calls the kernels in order, so a compiled call is one native call.
 Python reaches it through `gradc_call` (boundary.py), which checks the numpy arrays natively, or
-through `gradc_run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
+through the runtime's `run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
 gives the workspace's size in bytes. Temporaries share workspace slots once their last reader has
 run (see `plan_memory`).
 """
@@ -24,7 +24,7 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, is_parallel,
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
                       product, split_rows)
 from .boundary import ARRAY_LAYOUT, emit_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
@@ -140,7 +140,7 @@ class ModuleBuilder:
                 a, b = mm.operands
                 kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
                 factors = pack_elements(kdim, mm.result.type.shape[1], transpose_a=mm.attrs["transpose_a"])
-                copies = (MAX_THREADS,) if is_parallel(k) else ()  # one packing area per thread
+                copies = (MAX_THREADS,)  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
                 if combines(k):  # a partial result per part and reduction (parts: at most a row or column each)

@@ -33,6 +33,7 @@ _definitions: dict[str, Callable[[ir.Module], ir.Function]] = {}
 _addresses: dict[str, int] = {}
 _engines: list[llvm.ExecutionEngine] = []
 _lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))  # a fork mid-compile
 cache_hits = 0  # runtime modules loaded from the cache (see cache_dir) rather than compiled
 
 
@@ -88,10 +89,14 @@ def cache_dir() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _code_version() -> str:
-    """A digest of the backend's source: the runtime IR is a function of it and the names."""
+def _code_version() -> str | None:
+    """A digest of the backend's source: the runtime IR is a function of it and the names. None
+    (no caching) when the source is not there to read, as in a bytecode-only install."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    if not sources:
+        return None
     digest = hashlib.sha256(llvmlite.__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sources:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -105,9 +110,11 @@ def _cache_key(names: list[str]) -> str:
 def _cached_object(key: str) -> bytes | None:
     """The object code stored under `key`, if present and intact (its name carries its digest)."""
     folder = cache_dir()
-    if folder is None:
+    if folder is None or _code_version() is None:
         return None
     for path in folder.glob(f"{key}.*.o"):
+        if path.stat().st_uid != os.getuid():
+            continue  # only code this user compiled is ever loaded
         data = path.read_bytes()
         if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":
             return data
@@ -116,7 +123,7 @@ def _cached_object(key: str) -> bytes | None:
 
 def _store_object(key: str, data: bytes) -> None:
     folder = cache_dir()
-    if folder is None:
+    if folder is None or _code_version() is None:
         return
     try:  # written aside, then renamed: a reader never sees half a file
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,12 @@
 """Helper threads for compiled calls, run by native code: a call wakes them without Python.
 
-Each helper is a Python thread parked for good inside a native loop (`gradc_worker`, GIL released).
-A parallel call goes through `gradc_run`, also native: it publishes the job (the module's entry and
+Each helper is a Python thread parked for good inside a native loop (`worker`, GIL released).
+A parallel call goes through `run`, also native: it publishes the job (the module's entry and
 its arguments) in a control block, bumps a sequence word, runs the entry as thread 0, and waits until
 every helper has run it as thread 1..n-1. The entry splits each kernel's work by thread index and
 meets at barriers between kernels, so results do not depend on timing.
 
-Idle helpers spin on the sequence word for about `SPIN_CYCLES` (back-to-back training steps find
+Idle helpers spin on the sequence word for `SPIN_ROUNDS` pauses (back-to-back training steps find
 them awake), then sleep on it with futex(2). A call that finds the helpers busy (another Python
 thread is using them) runs on one thread instead of waiting, so concurrent callers never block
 each other. After fork() the child starts with a fresh control block and no helpers, which start
@@ -29,7 +29,7 @@ from . import runtime
 
 MAX_THREADS = max(1, min(os.cpu_count() or 1, 8))
 """The most threads a call may use (each parallel GEMM keeps a packing area per thread)."""
-SPIN_CYCLES = 600_000  # about 0.2 ms of time-stamp counter before an idle helper sleeps
+SPIN_ROUNDS = 12_000  # `pause`s before an idle helper sleeps: about 0.25 ms here (Emerald Rapids)
 
 _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(platform.machine()) if sys.platform == "linux" else None
 _FUTEX_WAIT, _FUTEX_WAKE = 128, 129  # FUTEX_WAIT|FUTEX_PRIVATE_FLAG, FUTEX_WAKE|FUTEX_PRIVATE_FLAG
@@ -41,7 +41,7 @@ PTR = ir.PointerType(ir.IntType(8))
 ENTRY_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
 """A module's entry: (args, dims, workspace, barrier counter, threads, thread)."""
 RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
-"""gradc_run: (control block, entry, args, dims, workspace, threads)."""
+"""run: (control block, entry, args, dims, workspace, threads)."""
 
 # the control block: one 64-byte line per field, so spinning on one never slows writes to another
 (SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS, QUIT,
@@ -63,6 +63,17 @@ class _Emitter:
         if platform.machine() in ("x86_64", "AMD64"):
             self.b.call(declare(self.b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
 
+    def publish(self, fields: list[tuple[int, ir.Value]]) -> None:
+        """Write `fields` between two bumps of the sequence word (odd while writing, then even),
+        then wake sleeping helpers."""
+        b, sequence = self.b, self.field(SEQUENCE, I32)
+        b.atomic_rmw("add", sequence, ir.Constant(I32, 1), "seq_cst")
+        for f, value in fields:
+            b.store_atomic(value, self.field(f), "monotonic", 8)
+        b.atomic_rmw("add", sequence, ir.Constant(I32, 1), "seq_cst")
+        with b.if_then(b.icmp_unsigned("!=", b.load_atomic(self.field(SLEEPERS), "seq_cst", 8), ir.Constant(I64, 0))):
+            self.futex(_FUTEX_WAKE, ir.Constant(I32, 2 ** 31 - 1))
+
     def futex(self, op: int, value: ir.Value) -> None:
         syscall = declare(self.b.module, "syscall", I64, [I64], var_arg=True)
         word = self.b.ptrtoint(self.field(SEQUENCE, I32), I64)
@@ -74,9 +85,9 @@ def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type], 
     return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args, var_arg=var_arg), name)
 
 
-WORKER, RUN, BARRIER_WAIT = (runtime.PREFIX + name for name in ("worker", "run", "barrier"))
-WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
-"""A helper's endless loop: (control block, thread index)."""
+RUN, BARRIER_WAIT, STOP = (runtime.PREFIX + name for name in ("run", "barrier", "stop"))
+WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR])
+"""A helper's loop, until the process exits: (control block)."""
 BARRIER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
 """(barrier counter, arrivals to wait for)."""
 
@@ -95,34 +106,47 @@ def run_address() -> int:
     return runtime.address(RUN, _define_run)
 
 
+def _worker_name() -> str:
+    """The helper loop's runtime name, which spells out its spin budget (the code depends on it)."""
+    return f"{runtime.PREFIX}worker.spin{SPIN_ROUNDS}"
+
+
 def _define_worker(module: ir.Module) -> ir.Function:
-    fn = ir.Function(module, WORKER_TYPE, WORKER)
-    control, index = fn.args
+    """A helper's loop. The sequence word works as a seqlock: odd while `run` writes a job, even
+    once it is published. A helper runs a job only if the word held the same even value before
+    and after it read the job, so a helper that sat out one job (or woke late) never acts on half of
+    the next one, nor runs one job twice."""
+    fn = ir.Function(module, WORKER_TYPE, _worker_name())
+    (control,) = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = _Emitter(b, control)
-    clock = module.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
     sequence = e.field(SEQUENCE, I32)
     first_seen = b.load_atomic(sequence, "acquire", 4)
-    # counted only once `first_seen` is read, so every job a caller sends to this helper reaches it
-    b.atomic_rmw("add", e.field(HELPERS), ir.Constant(I64, 1), "seq_cst")
+    # registered only once `first_seen` is read, so every job a caller counts this helper in reaches
+    # it; the index comes from the count, so helpers 1..HELPERS are always all registered
+    index = b.add(b.atomic_rmw("add", e.field(HELPERS), ir.Constant(I64, 1), "seq_cst"), ir.Constant(I64, 1))
     start = b.block
-    wait, spin, still, sleep, run = (fn.append_basic_block(n) for n in ("wait", "spin", "still", "sleep", "run"))
+    wait, spin, still, sleep, read, job = (fn.append_basic_block(n) for n in
+                                           ("wait", "spin", "still", "sleep", "read", "job"))
     b.branch(wait)
 
     b.position_at_end(wait)  # a round of waiting for the sequence word to move on from `seen`
     seen = b.phi(I32, "seen")
     seen.add_incoming(first_seen, start)
-    started = b.call(clock, [])
     b.branch(spin)
 
     b.position_at_end(spin)
+    spins = b.phi(I64, "spins")
+    spins.add_incoming(ir.Constant(I64, 0), wait)
     now = b.load_atomic(sequence, "acquire", 4)
     e.spin_hint()
-    b.cbranch(b.icmp_unsigned("!=", now, seen), run, still)
+    published = b.icmp_unsigned("==", b.and_(now, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+    b.cbranch(b.and_(b.icmp_unsigned("!=", now, seen), published), read, still)
 
     b.position_at_end(still)
-    expired = b.icmp_unsigned(">", b.sub(b.call(clock, []), started), ir.Constant(I64, SPIN_CYCLES))
-    b.cbranch(expired, sleep, spin)
+    more = b.add(spins, ir.Constant(I64, 1))
+    spins.add_incoming(more, still)
+    b.cbranch(b.icmp_unsigned(">", more, ir.Constant(I64, SPIN_ROUNDS)), sleep, spin)
 
     b.position_at_end(sleep)  # announce the sleep, then sleep only if nothing was published meanwhile
     sleepers = e.field(SLEEPERS)
@@ -133,27 +157,31 @@ def _define_worker(module: ir.Module) -> ir.Function:
     seen.add_incoming(seen, b.block)
     b.branch(wait)
 
-    b.position_at_end(run)
-    leave, job = fn.append_basic_block("leave"), fn.append_basic_block("job")
-    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(e.field(QUIT), "acquire", 8), ir.Constant(I64, 0)), leave, job)
+    b.position_at_end(read)
+    quit_ = b.load_atomic(e.field(QUIT), "acquire", 8)
+    fields = {f: b.load_atomic(e.field(f), "monotonic", 8)
+              for f in (JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS)}
+    b.fence("acquire")
+    stale = b.icmp_unsigned("!=", b.load_atomic(sequence, "monotonic", 4), now)
+    seen.add_incoming(seen, read)  # a newer job was being written: read again
+    leave = fn.append_basic_block("leave")
+    b.cbranch(stale, wait, job)
+    b.position_at_end(job)
+    b.cbranch(b.icmp_unsigned("!=", quit_, ir.Constant(I64, 0)), leave, fn.append_basic_block("work"))
     b.position_at_end(leave)  # the process is exiting: stop running code that is about to be freed
     b.atomic_rmw("sub", e.field(HELPERS), ir.Constant(I64, 1), "seq_cst")
     b.ret_void()
 
-    b.position_at_end(job)  # helpers past the job's thread count sit it out
-    job_threads = b.load(e.field(JOB_THREADS))
-    with b.if_then(b.icmp_unsigned("<", index, job_threads)):
-        _run_job(b, e, index, job_threads)
+    b.position_at_end(fn.basic_blocks[-1])  # helpers past the job's thread count sit it out
+    threads = fields[JOB_THREADS]
+    with b.if_then(b.icmp_unsigned("<", index, threads)):
+        entry = b.inttoptr(fields[JOB_ENTRY], ENTRY_TYPE.as_pointer())
+        args = [b.inttoptr(fields[f], PTR) for f in (JOB_ARGS, JOB_DIMS, JOB_WORKSPACE)]
+        b.call(entry, args + [e.field(BARRIER, ir.IntType(8)), threads, index])
+        b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
     seen.add_incoming(now, b.block)
     b.branch(wait)
     return fn
-
-
-def _run_job(b: ir.IRBuilder, e: _Emitter, index: ir.Value, threads: ir.Value) -> None:
-    entry = b.inttoptr(b.load(e.field(JOB_ENTRY)), ENTRY_TYPE.as_pointer())
-    args = [b.inttoptr(b.load(e.field(f)), PTR) for f in (JOB_ARGS, JOB_DIMS, JOB_WORKSPACE)]
-    b.call(entry, args + [e.field(BARRIER, ir.IntType(8)), threads, index])
-    b.atomic_rmw("add", e.field(DONE), ir.Constant(I64, 1), "release")
 
 
 def _define_run(module: ir.Module) -> ir.Function:
@@ -165,21 +193,22 @@ def _define_run(module: ir.Module) -> ir.Function:
     # never more threads than helpers running (none yet, or none after fork) plus the caller
     running = b.add(b.load_atomic(e.field(HELPERS), "acquire", 8), ir.Constant(I64, 1))
     threads = b.select(b.icmp_unsigned("<", running, threads), running, threads)
-    claimed = b.extract_value(b.cmpxchg(e.field(BUSY), ir.Constant(I64, 0), ir.Constant(I64, 1),
-                                        "acquire", "monotonic"), 1)
-    parallel = b.and_(b.icmp_unsigned(">", threads, ir.Constant(I64, 1)), claimed)
-    with b.if_else(parallel) as (shared, alone):
+    several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
+    before = b.block
+    with b.if_then(several):  # a one-thread call never touches BUSY, so it never holds others back
+        tried = b.extract_value(b.cmpxchg(e.field(BUSY), ir.Constant(I64, 0), ir.Constant(I64, 1),
+                                          "acquire", "monotonic"), 1)
+        after_try = b.block
+    claimed = b.phi(ir.IntType(1), "claimed")
+    claimed.add_incoming(ir.Constant(ir.IntType(1), 0), before)
+    claimed.add_incoming(tried, after_try)
+    with b.if_else(claimed) as (shared, alone):
         with shared:
-            for f, value in ((JOB_ENTRY, entry_address), (JOB_ARGS, args), (JOB_DIMS, dims),
-                             (JOB_WORKSPACE, workspace)):
-                b.store(b.ptrtoint(value, I64), e.field(f))
-            b.store(threads, e.field(JOB_THREADS))
             b.store(ir.Constant(I64, 0), e.field(DONE))
             b.store(ir.Constant(I64, 0), e.field(BARRIER))
-            b.atomic_rmw("add", e.field(SEQUENCE, I32), ir.Constant(I32, 1), "seq_cst")
-            with b.if_then(b.icmp_unsigned("!=", b.load_atomic(e.field(SLEEPERS), "seq_cst", 8),
-                                           ir.Constant(I64, 0))):
-                e.futex(_FUTEX_WAKE, ir.Constant(I32, 2 ** 31 - 1))
+            e.publish([(JOB_ENTRY, b.ptrtoint(entry_address, I64)), (JOB_ARGS, b.ptrtoint(args, I64)),
+                       (JOB_DIMS, b.ptrtoint(dims, I64)), (JOB_WORKSPACE, b.ptrtoint(workspace, I64)),
+                       (JOB_THREADS, threads)])
             b.call(entry, [args, dims, workspace, e.field(BARRIER, ir.IntType(8)), threads, ir.Constant(I64, 0)])
             helpers = b.sub(threads, ir.Constant(I64, 1))
             wait, done = fn.append_basic_block("join"), fn.append_basic_block("joined")
@@ -193,9 +222,17 @@ def _define_run(module: ir.Module) -> ir.Function:
         with alone:
             counter = b.alloca(I64)
             b.store(ir.Constant(I64, 0), counter)
-            with b.if_then(claimed):
-                b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
             b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
+    b.ret_void()
+    return fn
+
+
+def _define_stop(module: ir.Module) -> ir.Function:
+    """`stop(control)`: publish a job that says quit (see NativePool.stop)."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), STOP)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    e = _Emitter(b, fn.args[0])
+    e.publish([(QUIT, ir.Constant(I64, 1))])
     b.ret_void()
     return fn
 
@@ -240,7 +277,8 @@ class NativePool:
 
     def __init__(self) -> None:
         self.threads = default_threads()
-        self._helpers = 0  # started and waiting in gradc_worker, with thread indices 1.._helpers
+        self._helpers = 0  # started and waiting in their loop, with thread indices 1.._helpers
+        self._stopped = False
         self._lock = threading.Lock()
         self.control = np.zeros(16 * LINE, np.uint8)
         os.register_at_fork(after_in_child=self._forget_helpers)
@@ -257,7 +295,8 @@ class NativePool:
     def set_threads(self, threads: int) -> None:
         if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads: expected an int from 1 to {MAX_THREADS}, got {threads!r}")
-        self.threads = threads
+        if not self._stopped:  # after stop (at exit) every call runs on one thread
+            self.threads = threads
 
     def start(self) -> None:
         """Start the helpers a call on `threads` threads needs (the first parallel call does this),
@@ -265,9 +304,10 @@ class NativePool:
         with self._lock:
             wanted = self.threads - 1
             address = self.control_address
-            worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(runtime.address(WORKER, _define_worker))
+            worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(runtime.address(_worker_name(), _define_worker))
+            self._stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(runtime.address(STOP, _define_stop))
             for i in range(self._helpers + 1, wanted + 1):
-                threading.Thread(target=worker, args=(address, i), name=f"gradc-helper-{i}", daemon=True).start()
+                threading.Thread(target=worker, args=(address,), name=f"gradc-helper-{i}", daemon=True).start()
             running = ctypes.c_int64.from_address(address + HELPERS * LINE)
             while running.value < wanted:
                 time.sleep(0.0001)
@@ -275,21 +315,17 @@ class NativePool:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Make the helpers leave their loop and wait for them (at exit: their code, in an engine
-        about to be freed, must not run any more). Like a job, but one that says quit."""
-        if self._helpers == 0:
-            return
-        address = self.control_address
-        ctypes.c_int64.from_address(address + QUIT * LINE).value = 1
-        sequence = ctypes.c_int32.from_address(address + SEQUENCE * LINE)
-        sequence.value += 1
-        if _FUTEX_SYSCALL is not None:
-            ctypes.CDLL(None).syscall(ctypes.c_long(_FUTEX_SYSCALL), ctypes.c_void_p(address),
-                                      ctypes.c_int(_FUTEX_WAKE), ctypes.c_int(2 ** 31 - 1), None)
-        running = ctypes.c_int64.from_address(address + HELPERS * LINE)
-        deadline = time.monotonic() + timeout
-        while running.value > 0 and time.monotonic() < deadline:
-            time.sleep(0.0001)
-        self._helpers, self.threads = 0, 1  # no parallel calls after this
+        about to be freed, must not run any more); from then on every call runs on one thread."""
+        with self._lock:
+            self._stopped, self.threads = True, 1
+            if self._helpers == 0:
+                return
+            self._stop(self.control_address)  # compiled by start: nothing to compile at exit
+            running = ctypes.c_int64.from_address(self.control_address + HELPERS * LINE)
+            deadline = time.monotonic() + timeout
+            while running.value > 0 and time.monotonic() < deadline:
+                time.sleep(0.0001)
+            self._helpers = 0
 
     def _forget_helpers(self) -> None:
         # the child has only the forking thread: the helpers and whatever they were doing are gone

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 import gradc as gc
 import gradc.backends.jit as jit
 from gradc.backends.boundary import ARRAY_LAYOUT, TUPLE_ITEMS
-from gradc.backends.threads import LINE, POOL, SLEEPERS, SPIN_CYCLES
+from gradc.backends.threads import LINE, POOL, SLEEPERS, SPIN_ROUNDS
 
 RNG = np.random.default_rng(5)
 
@@ -133,8 +133,8 @@ def test_idle_helpers_sleep_and_wake_for_the_next_call(monkeypatch):
     assert POOL.started and POOL.threads >= 2
     deadline = time.time() + 5
     while _sleepers() < POOL.threads - 1 and time.time() < deadline:
-        time.sleep(0.01)  # SPIN_CYCLES of the time-stamp counter is well under a millisecond
-    assert _sleepers() == POOL.threads - 1, f"helpers still spinning long after {SPIN_CYCLES} cycles"
+        time.sleep(0.01)  # SPIN_ROUNDS pauses take well under a millisecond
+    assert _sleepers() == POOL.threads - 1, f"helpers still spinning long after {SPIN_ROUNDS} pauses"
     for _ in range(3):
         np.testing.assert_allclose(AFFINE(*args), want, rtol=1e-12)
 
@@ -178,7 +178,7 @@ def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch):
 EXIT_RIGHT_AFTER_A_PARALLEL_CALL = """
 import atexit, sys
 import numpy as np, gradc as gc, gradc.backends.jit as jit, gradc.backends.threads as threads
-threads.SPIN_CYCLES = 10 ** 10  # helpers still spin, in code of the threads engine, when Python exits
+threads.SPIN_ROUNDS = 10 ** 12  # helpers still spin, in code of the threads engine, when Python exits
 if sys.argv[1:] == ["no-stop"]:
     atexit.unregister(threads.POOL.stop)
 jit.PARALLEL_WORK = 0.0
@@ -198,3 +198,30 @@ def test_the_process_exits_cleanly_while_helpers_are_awake():
         done = subprocess.run([sys.executable, "-c", EXIT_RIGHT_AFTER_A_PARALLEL_CALL], capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_fake_array_with_a_huge_shape_is_refused_before_anything_is_allocated():
+    """Symbolic dims are read from the arguments before native code checks them: a shape from an
+    object that is not an array must end in the ordinary error, not an attempt to allocate it."""
+    class Impostor:
+        shape = (10 ** 12, 3)
+    args = args_for(4)
+    AFFINE(*args)
+    assert native_of(AFFINE, *args).try_call((args[0], Impostor(), args[2])) is None
+    with pytest.raises((TypeError, ValueError)):
+        AFFINE(args[0], Impostor(), args[2])
+
+
+def test_a_stopped_pool_runs_calls_on_one_thread(monkeypatch):
+    """After stop (what exit does) a call must neither hang nor use the departed helpers."""
+    import subprocess
+    import sys
+    script = ("import numpy as np, gradc as gc, gradc.backends.jit as jit\n"
+              "from gradc.backends.threads import POOL\n"
+              "jit.PARALLEL_WORK = 0.0\n"
+              "a = np.ones((300, 200)); f = gc.jit(lambda a: gc.tanh(a @ a.T)); want = f(a)\n"
+              "POOL.stop(); gc.set_num_threads(2)\n"
+              "assert (f(a) == want).all() and gc.get_num_threads() == 1\n"
+              "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
