@@ -253,6 +253,16 @@ def split_rows(kernel: Kernel) -> bool:
     return panels < MAX_THREADS or (mm.attrs["transpose_a"] and m > n)
 
 
+def partial_parts(kernel: Kernel) -> tuple[int, int]:
+    """For a `combines` kernel: the output axis its partial results run along (0: one per block of
+    MR rows, when it `split_rows`; 1: one per panel of NR columns) and that block's size. Each part
+    is computed by one thread, its tiles in order along the other axis."""
+    from .gemm import gemm_mr, gemm_nr
+    if split_rows(kernel):
+        return 0, gemm_mr()
+    return 1, gemm_nr(FLOAT_TYPES[kernel.matmul.result.type.dtype])
+
+
 def combines(kernel: Kernel) -> bool:
     """A GEMM kernel that also reduces its whole output: each thread leaves a partial result per
     panel of NR columns, or per block of MR rows if it `split_rows` (in `partials`), and a second,
@@ -268,8 +278,7 @@ class KernelEmitter(FunctionBuilder):
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
                  symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None) -> None:
-        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`),
-        which also takes pointers to the kernel's reductions' accumulators."""
+        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`)."""
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
         extra = (["scratch"] if kernel.matmul is not None and tile_of is None else []) + \
             (["partials"] if combines(kernel) else [])
@@ -279,11 +288,8 @@ class KernelEmitter(FunctionBuilder):
                              symbols, threaded=is_parallel(kernel) and not combine_step)
         else:
             from .gemm import TILE_ARGS
-            accumulators = sum(op.opdef.kind == REDUCTION for op in kernel.ops)
-            super().__init__(module, f"{tile_of.name}.tile", names + extra, symbols,
-                             extra=[(f"acc{i}", PTR) for i in range(accumulators)] + TILE_ARGS)
-            for arg in self.extra[:accumulators] + self.extra[-1:]:
-                arg.add_attribute("noalias")  # partial results and the tile: the kernel's own memory
+            super().__init__(module, f"{tile_of.name}.tile", names + extra, symbols, extra=TILE_ARGS)
+            self.extra[-1].add_attribute("noalias")  # the tile: the GEMM's own memory
         self.kernel = kernel
         self.combine_step = combine_step
         self.inside = {op.result for op in kernel.ops}
@@ -436,7 +442,6 @@ class KernelEmitter(FunctionBuilder):
         kdim = a.type.shape[0] if ta else a.type.shape[1]
         fty = FLOAT_TYPES[mm.result.type.dtype]
         nr = gemm_nr(fty)
-        accs = self._accumulators(self._reductions())
         bld = self.b
         M, N, K = self.size([m]), self.size([n]), self.size([kdim])
         if self.kernel.ops == [mm] and self.writes == [mm.result]:  # nothing fused: the runtime stores the tiles
@@ -446,10 +451,10 @@ class KernelEmitter(FunctionBuilder):
             context = store_context(bld, self.entry_alloca, [self.pointer[mm.result], columns])
         else:
             tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
-            tile.emit_tile(list(accs), nr)
+            tile.emit_tile(nr)
             epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
             own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
-            context = store_context(bld, self.entry_alloca, own + [self._dims_arg] + list(accs.values()))
+            context = store_context(bld, self.entry_alloca, own + [self._dims_arg])
         per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))  # each thread its own
         pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
         zero = ir.Constant(I64, 0)
@@ -465,19 +470,15 @@ class KernelEmitter(FunctionBuilder):
         # and the seed step's model compiled 19% faster
         cold_code(self.fn)
 
-    def emit_tile(self, reductions: list, stride: int) -> None:
+    def emit_tile(self, stride: int) -> None:
         """The body of a matmul kernel's tile callback: the fused ops on each element of a finished
         tile (rows `stride` elements apart); a reduction's sum over the tile goes into the partial
-        result of its panel (tiles come in row order, so a panel's first has i0 = 0). This
-        function's last arguments are the accumulators' pointers and TILE_ARGS."""
-        from .gemm import TILE_ARGS, gemm_mr
+        result of its part (`partial_parts`). This function's last arguments are TILE_ARGS."""
         fty = FLOAT_TYPES[self.kernel.matmul.result.type.dtype]
         bld = self.b
-        i0, j0, rows, cols, tile = self.extra[-len(TILE_ARGS):]
-        accs = {r: bld.bitcast(p, FLOAT_TYPES[r.result.type.dtype].as_pointer())
-                for r, p in zip(reductions, self.extra)}
+        i0, j0, rows, cols, tile = self.extra
+        accs = self._accumulators(self._reductions())
         d_writes, _ = self._split_writes()
-        self._reset(accs)
 
         def row(r: ir.Value) -> None:
             i = bld.add(i0, r, flags=("nuw", "nsw"))
@@ -492,11 +493,10 @@ class KernelEmitter(FunctionBuilder):
             self.loop(cols, col, "tile.c", loop_id=short_loop_id(self.fn.module))  # cols <= stride
         self.loop(rows, row, "tile.r")
         if accs:  # a part's tiles come in order along it: its first has the other coordinate 0
-            if split_rows(self.kernel):
-                part, first = bld.udiv(i0, ir.Constant(I64, gemm_mr())), j0
-            else:
-                part, first = bld.udiv(j0, ir.Constant(I64, stride)), i0
-            first = bld.icmp_unsigned("==", first, ir.Constant(I64, 0))
+            axis, size = partial_parts(self.kernel)
+            along, across = (i0, j0) if axis == 0 else (j0, i0)
+            part = bld.udiv(along, ir.Constant(I64, size))
+            first = bld.icmp_unsigned("==", across, ir.Constant(I64, 0))
             for slot, (r, acc) in zip(self._partial_slots(part), accs.items()):
                 tile_total = bld.load(acc)
                 bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
@@ -512,13 +512,9 @@ class KernelEmitter(FunctionBuilder):
     def _emit_combine(self) -> None:
         """The reductions of a `combines` kernel: its parts' partial results in order, then the ops
         after the reductions."""
-        from .gemm import gemm_mr, gemm_nr
-        bld, mm = self.b, self.kernel.matmul
-        m, n = (self.size([d]) for d in mm.result.type.shape)
-        if split_rows(self.kernel):
-            along, across, step = m, n, gemm_mr()
-        else:
-            along, across, step = n, m, gemm_nr(FLOAT_TYPES[mm.result.type.dtype])
+        bld, shape = self.b, self.kernel.matmul.result.type.shape
+        axis, step = partial_parts(self.kernel)
+        along, across = self.size([shape[axis]]), self.size([shape[1 - axis]])
         parts = bld.udiv(bld.add(along, ir.Constant(I64, step - 1)), ir.Constant(I64, step))
         parts = bld.select(bld.icmp_unsigned(">", across, ir.Constant(I64, 0)), parts, ir.Constant(I64, 0))
         accs = self._accumulators(self._reductions())

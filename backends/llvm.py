@@ -25,7 +25,7 @@ from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
-                      product, split_rows)
+                      partial_parts, product)
 from .boundary import ARRAY_LAYOUT, emit_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
 
@@ -145,7 +145,7 @@ class ModuleBuilder:
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
                 if combines(k):  # a partial result per part and reduction (parts: at most a row or column each)
                     reductions = sum(op.opdef.kind == REDUCTION for op in k.ops)
-                    along = mm.result.type.shape[0 if split_rows(k) else 1]
+                    along = mm.result.type.shape[partial_parts(k)[0]]
                     buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (along, reductions), itemsize,
                                                             scratch=True)))
                 self.scratch[k] = [key for key, _ in buffers]
