@@ -25,7 +25,7 @@ _RUNTIME_ADDRESS = RUNTIME.ctypes.data
 _MAX_PLANS = 64  # call plans kept per function with symbolic dims, one per distinct set of dims
 
 _init_lock = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_init_lock=threading.Lock()))
+runtime.after_fork_in_child(lambda: globals().update(_init_lock=threading.Lock()))
 _initialized = False
 
 

@@ -32,8 +32,16 @@ PREFIX = "gradc.rt."
 _definitions: dict[str, Callable[[ir.Module], ir.Function]] = {}
 _addresses: dict[str, int] = {}
 _engines: list[llvm.ExecutionEngine] = []
+
+
+def after_fork_in_child(callback: Callable[[], None]) -> None:
+    """Run `callback` in the child process after os.fork, on platforms that have fork."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=callback)
+
+
 _lock = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))  # a fork mid-compile
+after_fork_in_child(lambda: globals().update(_lock=threading.Lock()))  # a fork mid-compile
 cache_hits = 0  # runtime modules loaded from the cache (see cache_dir) rather than compiled
 
 
@@ -113,7 +121,7 @@ def _cached_object(key: str) -> bytes | None:
     if folder is None or _code_version() is None:
         return None
     for path in folder.glob(f"{key}.*.o"):
-        if path.stat().st_uid != os.getuid():
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
             continue  # only code this user compiled is ever loaded
         data = path.read_bytes()
         if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":

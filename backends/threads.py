@@ -281,7 +281,7 @@ class NativePool:
         self._stopped = False
         self._lock = threading.Lock()
         self.control = np.zeros(16 * LINE, np.uint8)
-        os.register_at_fork(after_in_child=self._forget_helpers)
+        runtime.after_fork_in_child(self._forget_helpers)
         atexit.register(self.stop)
 
     @property
