@@ -17,9 +17,9 @@ ctypes call costs about 0.15 µs an argument, so one tuple beats ten arrays. `di
 symbolic dims' values the caller sized the outputs and workspace for: every extent must match them
 (read here, not bound here, so an array reshaped in place by another thread meanwhile cannot make
 the kernels overrun what was allocated). `runtime` points
-at `RUNTIME`, the process's addresses that compiled code may not bake in (ndarray's type object,
-the dtype objects and the helper threads' control block). A parallel call goes on to the shared
-runtime's `run` (threads.py).
+at `RUNTIME`, addresses that change from process to process (ndarray's type object, the dtype
+objects and the helper threads' control block), kept out of the IR so that its text, which users
+read, is the same in every process. Every call goes on to the shared runtime's `run` (threads.py).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class _Emitter:
 
     def spin_hint(self) -> None:
         if platform.machine() in ("x86_64", "AMD64"):
-            self.b.call(declare(self.b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+            self.b.call(declare_external(self.b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
 
     def publish(self, fields: list[tuple[int, ir.Value]]) -> None:
         """Write `fields` between two bumps of the sequence word (odd while writing, then even),
@@ -75,13 +75,15 @@ class _Emitter:
             self.futex(_FUTEX_WAKE, ir.Constant(I32, 2 ** 31 - 1))
 
     def futex(self, op: int, value: ir.Value) -> None:
-        syscall = declare(self.b.module, "syscall", I64, [I64], var_arg=True)
+        syscall = declare_external(self.b.module, "syscall", I64, [I64], var_arg=True)
         word = self.b.ptrtoint(self.field(SEQUENCE, I32), I64)
         self.b.call(syscall, [ir.Constant(I64, _FUTEX_SYSCALL), word, ir.Constant(I32, op), value,
                               ir.Constant(I64, 0)])
 
 
-def declare(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type], var_arg: bool = False) -> ir.Function:
+def declare_external(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type],
+                     var_arg: bool = False) -> ir.Function:
+    """A C library function or an LLVM intrinsic, declared once in `module`."""
     return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args, var_arg=var_arg), name)
 
 
@@ -255,7 +257,7 @@ def _define_barrier(module: ir.Module) -> ir.Function:
     arrived = b.load_atomic(counter, "acquire", 8)
     e.spin_hint()
     with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
-        b.call(declare(module, "sched_yield", I32, []), [])
+        b.call(declare_external(module, "sched_yield", I32, []), [])
     spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
     b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
     b.position_at_end(done)
