@@ -4,7 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -15,7 +15,7 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import CALL, RUNTIME
+from .boundary import CALL, FAST, RUNTIME, fast_function
 from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
@@ -104,6 +104,7 @@ class NativeFunction:
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
         self._prepare_call_path()
+        self.fast = self._fast_function()
 
     def _prepare_call_path(self) -> None:
         """Decide at compile time everything a call would otherwise work out again."""
@@ -124,6 +125,17 @@ class NativeFunction:
         self._per_thread = threading.local()  # a workspace per thread: calls never share one
         self._plans: dict[tuple[int, ...], tuple] = {}
         self._static_plan = None if self.symbols else self._plan(())
+
+    def _fast_function(self):
+        """The builtin function for the hot path of a function without symbolic dims (see
+        boundary.emit_fast_call), or None: then `try_call` is the hot path."""
+        address = self._engine.get_function_address(FAST) if self._static_plan is not None else 0
+        if not address:
+            return None
+        _, size, work, _ = self._static_plan
+        self._fast_workspace = np.empty(size, np.uint8) if size else None
+        workspace = self._fast_workspace.ctypes.data if size else None
+        return fast_function(address, workspace, work >= PARALLEL_WORK, self)
 
     def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float, ctypes.Array]:
         """For these values of the symbolic dims: output shapes, workspace bytes, operation count,
@@ -245,10 +257,15 @@ class NativeFunction:
             return None
         return outputs
 
-    def __call__(self, *args: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, *args: np.ndarray) -> Sequence[np.ndarray]:
         """Check the arguments, then make one native call; returns fresh output arrays."""
-        outputs = self.try_call(args)
+        outputs = self.fast(*args) if self.fast is not None else self.try_call(args)
         return outputs if outputs is not None else self.checked_call(args)
+
+    def hot_path(self) -> Callable[..., Sequence[np.ndarray] | None]:
+        """What a caller that has seen these arguments' types before calls first, with the arguments:
+        the outputs, or None when it refuses them (then call this object)."""
+        return self.fast if self.fast is not None else lambda *args: self.try_call(args)
 
     def checked_call(self, args: Sequence) -> list[np.ndarray]:
         """The path for anything the fast path refuses: lists, strided or misaligned arrays (copied),

@@ -26,7 +26,7 @@ from gradc.ir.ops import REDUCTION
 
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
                       partial_parts, product)
-from .boundary import ARRAY_LAYOUT, emit_call
+from .boundary import ARRAY_EMPTY, ARRAY_LAYOUT, emit_call, emit_fast_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
 
 ALIGNMENT = 64
@@ -180,6 +180,8 @@ class ModuleBuilder:
         entry = self._build_entry(calls)
         if ARRAY_LAYOUT is not None:
             emit_call(self.module, self.graph, self.symbols, entry)
+            if ARRAY_EMPTY is not None and not self.symbols:
+                emit_fast_call(self.module, self.graph, entry)
         self._build_workspace_size()
         return self.module
 

@@ -45,7 +45,9 @@ RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 
 # the control block: one 64-byte line per field, so spinning on one never slows writes to another
 (SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS, QUIT,
- JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS) = range(12)
+ JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS, READY) = range(13)
+# READY is written by Python only: the threads a parallel call may use now, or 0 while the helpers
+# that `threads` needs have not been started (native callers then leave it to Python to start them)
 LINE = 64
 
 
@@ -283,8 +285,12 @@ class NativePool:
         self._stopped = False
         self._lock = threading.Lock()
         self.control = np.zeros(16 * LINE, np.uint8)
+        self._publish_ready()
         runtime.after_fork_in_child(self._forget_helpers)
         atexit.register(self.stop)
+
+    def _publish_ready(self) -> None:
+        ctypes.c_int64.from_address(self.control_address + READY * LINE).value = self.threads if self.started else 0
 
     @property
     def control_address(self) -> int:
@@ -299,6 +305,7 @@ class NativePool:
             raise ValueError(f"threads: expected an int from 1 to {MAX_THREADS}, got {threads!r}")
         if not self._stopped:  # after stop (at exit) every call runs on one thread
             self.threads = threads
+            self._publish_ready()
 
     def start(self) -> None:
         """Start the helpers a call on `threads` threads needs (the first parallel call does this),
@@ -314,12 +321,14 @@ class NativePool:
             while running.value < wanted:
                 time.sleep(0.0001)
             self._helpers = max(self._helpers, wanted)
+            self._publish_ready()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Make the helpers leave their loop and wait for them (at exit: their code, in an engine
         about to be freed, must not run any more); from then on every call runs on one thread."""
         with self._lock:
             self._stopped, self.threads = True, 1
+            self._publish_ready()
             if self._helpers == 0:
                 return
             self._stop(self.control_address)  # compiled by start: nothing to compile at exit
@@ -334,6 +343,7 @@ class NativePool:
         self.control[:] = 0
         self._helpers = 0
         self._lock = threading.Lock()
+        self._publish_ready()
 
 
 POOL = NativePool()

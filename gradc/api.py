@@ -166,7 +166,7 @@ class Compiled:
     def __call__(self, *args: Any) -> Any:
         last = self._last
         if last is not None:  # the hot path: native code checks that the arguments still fit
-            outputs = last[0].try_call(args)
+            outputs = last[0](*args)
             if outputs is not None:
                 return last[1](outputs)
         if self.annotated is not None:
@@ -185,7 +185,7 @@ class Compiled:
             lowered, shape = compiled
         native = lowered.native
         outputs = native(*args)
-        self._last = (native, self._packer(shape))
+        self._last = (native.hot_path(), self._packer(shape))
         return self._package(outputs, shape)
 
     def _packer(self, shape: tuple) -> Callable[[list[np.ndarray]], Any]:

@@ -1,5 +1,6 @@
-"""The native call boundary: gradc_call reads numpy headers itself, and refuses what it must not read;
-the helper threads sleep when idle, wake for work, and survive fork()."""
+"""The native call boundary: gradc_call (symbolic dims) and gradc_fast (static shapes) read numpy
+headers themselves, and refuse what they must not read; the helper threads sleep when idle, wake for
+work, and survive fork()."""
 from __future__ import annotations
 
 import ctypes
@@ -23,6 +24,8 @@ def affine(W: gc.f64["M", "K"], x: gc.f64["B", "K"], b: gc.f64["M"]):
 
 
 AFFINE = gc.jit(affine)
+STATIC = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b))  # compiled per shape: the builtin fast path
+BOTH = pytest.mark.parametrize("fn", [AFFINE, STATIC], ids=["symbolic", "static"])
 
 
 def reference(W, x, b):
@@ -34,7 +37,8 @@ def args_for(batch: int, m: int = 5, k: int = 3):
 
 
 def native_of(fn, *args):
-    return fn.lower(*args).native
+    """What fn(*args) calls: the annotated (symbolic) compilation, else the one for these shapes."""
+    return (fn.lower() if fn.annotated is not None else fn.lower(*args)).native
 
 
 def test_the_array_and_tuple_layouts_were_recognised():
@@ -55,11 +59,13 @@ def test_headers_read_natively_match_numpy(shape, dtype):
         assert tuple(extents) == a.shape
 
 
-def test_well_formed_arrays_take_the_native_path_with_symbolic_dims():
+@BOTH
+def test_well_formed_arrays_take_the_native_path(fn):
     for batch in (0, 1, 7, 64):
         args = args_for(batch)
-        native = native_of(AFFINE, *args)
-        out = native.try_call(args)
+        native = native_of(fn, *args)
+        assert (native.fast is None) == (fn is AFFINE)
+        out = native.hot_path()(*args)
         assert out is not None, f"B={batch}"
         np.testing.assert_allclose(out[0], reference(*args), rtol=1e-12)
 
@@ -77,28 +83,80 @@ REFUSED = {
 }
 
 
+@BOTH
 @pytest.mark.parametrize("case", sorted(REFUSED))
-def test_what_native_code_must_not_read_is_refused_then_handled_in_python(case):
+def test_what_native_code_must_not_read_is_refused_then_handled_in_python(fn, case):
     args = args_for(6)
-    native = native_of(AFFINE, *args)
+    native = native_of(fn, *args)
+    fn(*args)  # the hot path is now the one for these arguments' types
     bad = REFUSED[case](*args)
-    assert native.try_call(bad) is None
+    assert native.hot_path()(*bad) is None
     if case in ("strided", "fortran", "list", "subclass"):  # converted, then computed correctly
-        np.testing.assert_allclose(AFFINE(*bad)[...], reference(*(np.asarray(a, np.float64) for a in bad)),
+        np.testing.assert_allclose(fn(*bad)[...], reference(*(np.asarray(a, np.float64) for a in bad)),
                                    rtol=1e-12)
-    else:
+    elif fn is AFFINE:  # the annotations say what is wrong
         with pytest.raises((TypeError, ValueError)) as err:
-            AFFINE(*bad)
+            fn(*bad)
         assert ("'W'" in str(err.value)) or ("'x'" in str(err.value)) or ("'b'" in str(err.value))
+    else:
+        with pytest.raises((TypeError, ValueError)):  # not the native fast path: numpy's or tracing's error
+            fn(*bad)
 
 
-def test_a_misaligned_array_is_refused():
+@BOTH
+def test_a_misaligned_array_is_refused(fn):
     W, x, b = args_for(3)
     raw = np.zeros(W.nbytes + 1, np.uint8)
     misaligned = np.frombuffer(raw.data, np.float64, W.size, offset=1).reshape(W.shape)
     misaligned[...] = W
-    assert native_of(AFFINE, W, x, b).try_call((misaligned, x, b)) is None
-    np.testing.assert_allclose(AFFINE(misaligned, x, b), reference(W, x, b), rtol=1e-12)
+    assert native_of(fn, W, x, b).hot_path()(misaligned, x, b) is None
+    np.testing.assert_allclose(fn(misaligned, x, b), reference(W, x, b), rtol=1e-12)
+
+
+def test_the_fast_path_leaks_no_references():
+    """gradc_fast makes its outputs and result tuple, and returns None on refusal, by hand."""
+    import sys
+    import weakref
+    args = args_for(5)
+    fast = native_of(STATIC, *args).fast
+    wrong_dtype = (args[0], args[1].astype(np.float32), args[2])
+    watched = [None, np.dtype(np.float64), *args, *wrong_dtype]
+    before = [sys.getrefcount(x) for x in watched]
+    for _ in range(200):
+        fast(*args)
+        fast(*args[:2])
+        fast(*wrong_dtype)
+    assert [sys.getrefcount(x) for x in watched] == before
+    out = fast(*args)
+    assert sys.getrefcount(out) == 2  # this name's and getrefcount's
+    alive = [weakref.ref(o) for o in out]
+    del out
+    assert all(ref() is None for ref in alive)
+
+
+def test_a_busy_workspace_sends_the_call_to_python():
+    """One call at a time uses the fast path's workspace; another thread's meanwhile takes the Python path."""
+    from gradc.backends.boundary import CONTEXT_BUSY
+    args = args_for(7)
+    native = native_of(STATIC, *args)
+    context = native.fast.__self__[0]
+    context[CONTEXT_BUSY] = 1
+    try:
+        assert native.fast(*args) is None
+        np.testing.assert_allclose(native(*args)[0], reference(*args), rtol=1e-12)
+    finally:
+        context[CONTEXT_BUSY] = 0
+    assert native.fast(*args) is not None
+
+
+def test_threads_calling_one_static_function_at_once_get_their_own_results(monkeypatch):
+    import concurrent.futures
+    inputs = [args_for(64, 40, 30) for _ in range(64)]
+    STATIC(*inputs[0])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(pool.map(lambda a: STATIC(*a), inputs))
+    for a, o in zip(inputs, outs):
+        np.testing.assert_allclose(o, reference(*a), rtol=1e-12)
 
 
 def test_the_last_signature_is_not_reused_for_another():
@@ -112,13 +170,14 @@ def test_the_last_signature_is_not_reused_for_another():
             np.testing.assert_array_equal(out, a * 2)
 
 
-def test_wrong_argument_counts_are_python_errors():
+@BOTH
+def test_wrong_argument_counts_are_python_errors(fn):
     args = args_for(2)
-    AFFINE(*args)
-    with pytest.raises(TypeError, match="3 arguments"):
-        AFFINE(*args, args[0])
-    with pytest.raises(TypeError, match="3 arguments"):
-        AFFINE(*args[:2])
+    fn(*args)
+    with pytest.raises(TypeError, match="3 "):
+        fn(*args, args[0])
+    with pytest.raises(TypeError, match="3 "):
+        fn(*args[:2])
 
 
 def _sleepers() -> int:
@@ -139,26 +198,30 @@ def test_idle_helpers_sleep_and_wake_for_the_next_call(monkeypatch):
         np.testing.assert_allclose(AFFINE(*args), want, rtol=1e-12)
 
 
-def _parallel_call_in_child(queue) -> None:
+def _parallel_call_in_child(queue, fn) -> None:
     jit.PARALLEL_WORK = 0.0
     args = args_for(300, 200, 100)
-    queue.put(float(np.max(np.abs(AFFINE(*args) - reference(*args)))))
+    queue.put(float(np.max(np.abs(fn(*args) - reference(*args)))))
 
 
-def test_parallel_calls_work_in_a_forked_child(monkeypatch):
+@pytest.mark.parametrize("static", [False, True], ids=["symbolic", "static"])
+def test_parallel_calls_work_in_a_forked_child(monkeypatch, static):
     monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
-    AFFINE(*args_for(300, 200, 100))  # the parent's helpers are running
+    fn = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b)) if static else AFFINE
+    fn(*args_for(300, 200, 100))  # the parent's helpers are running
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_parallel_call_in_child, args=(queue,))
+    child = context.Process(target=_parallel_call_in_child, args=(queue, fn))
     child.start()
     error = queue.get(timeout=60)
     child.join(timeout=60)
     assert child.exitcode == 0 and error < 1e-12
 
 
-def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch):
+@pytest.mark.parametrize("static", [False, True], ids=["symbolic", "static"])
+def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch, static):
     monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    fn = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b)) if static else AFFINE
     args = args_for(300, 200, 100)
     before = gc.get_num_threads()
     results = []
@@ -166,7 +229,7 @@ def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch):
         for threads in (1, 2, 1, 2):
             gc.set_num_threads(threads)
             assert gc.get_num_threads() == threads
-            results.append(AFFINE(*args))
+            results.append(fn(*args))
         with pytest.raises(ValueError, match="threads"):
             gc.set_num_threads(0)
     finally:
