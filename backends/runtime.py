@@ -29,6 +29,10 @@ from llvmlite import ir
 PREFIX = "gradc.rt."
 """Every runtime function's name starts with this; a name spells out everything its code depends on."""
 
+CACHE_ENTRIES = 64
+"""Object files kept in the cache; past that the least recently used go (a new gradc version, new
+names or another host each add a few, tens of KB apiece)."""
+
 _definitions: dict[str, Callable[[ir.Module], ir.Function]] = {}
 _addresses: dict[str, int] = {}
 _engines: list[llvm.ExecutionEngine] = []
@@ -125,8 +129,27 @@ def _cached_object(key: str) -> bytes | None:
             continue  # only code this user compiled is ever loaded
         data = path.read_bytes()
         if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":
+            try:
+                os.utime(path)  # recently used: evicted last
+            except OSError:
+                pass
             return data
     return None
+
+
+def _evict(folder: Path) -> None:
+    """Delete all but the CACHE_ENTRIES most recently used object files."""
+    entries = []
+    for path in folder.glob("*.o"):
+        try:
+            entries.append((path.stat().st_mtime, path))
+        except OSError:  # another process evicted it meanwhile
+            pass
+    for _, path in sorted(entries, reverse=True)[CACHE_ENTRIES:]:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _store_object(key: str, data: bytes) -> None:
@@ -138,6 +161,7 @@ def _store_object(key: str, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
             out.write(data)
         os.replace(out.name, folder / f"{key}.{hashlib.sha256(data).hexdigest()}.o")
+        _evict(folder)
     except OSError:
         pass  # a read-only or full disk only costs the next process a compile
 

@@ -75,3 +75,20 @@ def test_an_empty_cache_setting_turns_the_cache_off(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _first_call_in_new_process("") == 0
     assert not list(tmp_path.iterdir())
+
+
+def test_the_cache_keeps_only_the_most_recently_used_entries(tmp_path):
+    import os
+    old = []
+    for i in range(runtime.CACHE_ENTRIES + 5):  # as if left by earlier gradc versions
+        path = tmp_path / f"{i:064x}.{i:064x}.o"
+        path.write_bytes(b"old")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        old.append(path)
+    assert _first_call_in_new_process(str(tmp_path)) == 0
+    kept = set(tmp_path.glob("*.o"))
+    assert len(kept) == runtime.CACHE_ENTRIES
+    new = kept - set(old)
+    assert new, "the runtime just compiled was evicted"
+    assert all(path in kept for path in old[len(old) - (runtime.CACHE_ENTRIES - len(new)):])  # the newest old ones
+    assert _first_call_in_new_process(str(tmp_path)) == len(new)  # and it loads from there
