@@ -33,6 +33,7 @@ remembers) before calling `gradc_call`.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ from llvmlite import ir
 from gradc.ir.graph import Graph
 
 from .codegen import cold_code
+from .runtime import after_fork_in_child
 from .threads import LINE, POOL, READY, declare_run
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -107,6 +109,17 @@ def _c_function(name: str) -> int:
     return ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
 
 
+def _python_c_functions() -> dict[int, int] | None:
+    """RUNTIME's slots of the C-API functions gradc_fast calls; None if this Python lacks one."""
+    try:
+        return {slot: _c_function(name) for slot, name in (
+            (RUNTIME_INCREF, "Py_IncRef"), (RUNTIME_DECREF, "Py_DecRef"), (RUNTIME_TUPLE_NEW, "PyTuple_New"),
+            (RUNTIME_SAVE_THREAD, "PyEval_SaveThread"), (RUNTIME_RESTORE_THREAD, "PyEval_RestoreThread"),
+            (-1, "PyCFunction_NewEx"))}
+    except (AttributeError, ValueError):
+        return None
+
+
 def _array_empty() -> int | None:
     """numpy's C function `PyArray_Empty` (slot 184 of its C-API table, fixed by numpy's ABI), if a
     call of it through ctypes makes the array it should; None where it does not."""
@@ -127,16 +140,18 @@ def _array_empty() -> int | None:
     return address if ok else None
 
 
-ARRAY_EMPTY = _array_empty() if ARRAY_LAYOUT is not None else None
+PYTHON_C_FUNCTIONS = _python_c_functions() if ARRAY_LAYOUT is not None else None
+ARRAY_EMPTY = _array_empty() if PYTHON_C_FUNCTIONS is not None else None
+"""Where None, functions without symbolic dims have no gradc_fast and go through gradc_call."""
 RUNTIME = np.zeros(11, np.int64)
 RUNTIME[RUNTIME_ARRAY_TYPE] = id(np.ndarray)
 RUNTIME[RUNTIME_F32] = id(np.dtype(np.float32))  # the dtype singletons numpy gives its arrays
 RUNTIME[RUNTIME_F64] = id(np.dtype(np.float64))
 RUNTIME[RUNTIME_CONTROL] = POOL.control_address  # zeroed in place after fork, never moved
 RUNTIME[RUNTIME_NONE] = id(None)
-for _slot, _name in ((RUNTIME_INCREF, "Py_IncRef"), (RUNTIME_DECREF, "Py_DecRef"), (RUNTIME_TUPLE_NEW, "PyTuple_New"),
-                     (RUNTIME_SAVE_THREAD, "PyEval_SaveThread"), (RUNTIME_RESTORE_THREAD, "PyEval_RestoreThread")):
-    RUNTIME[_slot] = _c_function(_name)
+for _slot, _address in (PYTHON_C_FUNCTIONS or {}).items():
+    if _slot >= 0:
+        RUNTIME[_slot] = _address
 RUNTIME[RUNTIME_ARRAY_EMPTY] = ARRAY_EMPTY or 0
 
 
@@ -313,17 +328,26 @@ class _MethodDef(ctypes.Structure):
                 ("doc", ctypes.c_char_p)]
 
 
-_new_function = ctypes.pythonapi.PyCFunction_NewEx
-_new_function.restype = ctypes.py_object
-_new_function.argtypes = [ctypes.POINTER(_MethodDef), ctypes.py_object, ctypes.py_object]
+_contexts: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> context
+
+
+def _free_workspaces_after_fork() -> None:
+    for context in list(_contexts.values()):  # the calls that held them are not in the child
+        context[CONTEXT_BUSY] = 0
+
+
+after_fork_in_child(_free_workspaces_after_fork)
 
 
 def fast_function(address: int, workspace: int | None, parallel: bool, owner: object):
     """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call); it keeps
     `owner` (whose engine holds the code) alive. `workspace`: its own, used by one call at a time."""
+    new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
+                                     ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
     context = np.zeros(4, np.int64)
+    _contexts[id(context)] = context
     context[CONTEXT_RUNTIME] = RUNTIME.ctypes.data
     context[CONTEXT_WORKSPACE] = workspace or 0
     context[CONTEXT_PARALLEL] = int(parallel)
     method = _MethodDef(b"gradc_fast", address, METH_FASTCALL, None)
-    return _new_function(ctypes.byref(method), (context, owner, method), None)
+    return new_function(ctypes.byref(method), (context, owner, method), None)

@@ -149,6 +149,28 @@ def test_a_busy_workspace_sends_the_call_to_python():
     assert native.fast(*args) is not None
 
 
+def _fast_call_in_child(queue, fast, args) -> None:
+    queue.put(fast(*args) is not None)
+
+
+def test_a_workspace_busy_in_a_call_at_fork_time_is_free_in_the_child():
+    from gradc.backends.boundary import CONTEXT_BUSY
+    args = args_for(7)
+    fast = native_of(STATIC, *args).fast
+    context = fast.__self__[0]
+    context[CONTEXT_BUSY] = 1  # as if another thread were inside a call when this one forks
+    try:
+        forking = multiprocessing.get_context("fork")
+        queue = forking.Queue()
+        child = forking.Process(target=_fast_call_in_child, args=(queue, fast, args))
+        child.start()
+        took_fast_path = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        context[CONTEXT_BUSY] = 0
+    assert child.exitcode == 0 and took_fast_path
+
+
 def test_threads_calling_one_static_function_at_once_get_their_own_results(monkeypatch):
     import concurrent.futures
     inputs = [args_for(64, 40, 30) for _ in range(64)]
