@@ -26,6 +26,15 @@ Design (after the measurements in the project's notes, `shared/notes/gemm.md`):
   choice NC=1024, MC=72 (see benchmarks/gemm.py); with a transposed A, every column block
   re-packs A, so NC=1024 there. Packed A panels are a cache line apart beyond K*MR elements, so
   that the MC/MR panels written per k do not all map to the same L1 sets;
+- tried on Emerald Rapids and not adopted (interleaved in one process, one thread against MKL
+  through torch, and the two-thread training step; the code is not kept): K blocking (KC=128-512,
+  partial tiles in an MC x NR scratch, the epilogue after the last block) was 0.86-1.03x of the
+  unblocked GEMM, and 0.92x in the large step: the B micro-panel streaming from L2 is not what
+  limits it. Software prefetch of packed B and of A: +0.5-1.5% on one thread, within noise, none on
+  two. A transposed A read in place: 1.07x at M=512 but 0.51x at M=2048 (every k a new line 8 KB
+  away, in one L1 set). The GEMM runs at about 83% of this host's FMA peak (185 GFLOP/s a core,
+  measured), MKL at about 88%; packing a transposed A (0.25 ns an element, once per column block)
+  is 2-4% of the K=512 backward GEMMs;
 - the last panel of a column block may be narrower than NR: it is packed with a stride of
   ceil(cols / VW) vectors and multiplied by a narrower micro-kernel variant (1..3 vectors). Its
   padding columns (zeros, or copies of the last real column) only reach tile columns the epilogue
