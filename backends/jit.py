@@ -142,12 +142,24 @@ class NativeFunction:
         and the dims as native code reads them."""
         plan = self._plans.get(dims)
         if plan is None:
+            self._check_addressable(dims)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             values = self._dims_type(*dims)
             plan = self._plans[dims] = (self._output_shapes(dims), int(self._workspace_size(values)),
                                         self._work(dims), values)
         return plan
+
+    def _check_addressable(self, dims: Sequence[int]) -> None:
+        """Refuse dims whose intermediate values would not fit in a 64-bit address space: native
+        code sizes the workspace with 64-bit arithmetic, which would wrap (zero-size inputs can
+        carry huge extents)."""
+        values = dict(zip(self.symbols, dims))
+        need = self.memory.nbytes(values)
+        if need >= 2 ** 62:
+            dims_text = ", ".join(f"{s}={n}" for s, n in values.items())
+            raise MemoryError(f"{self.graph.name}: with {dims_text} its intermediate values would need "
+                              f"{need} bytes, more than a process can address")
 
     def _work(self, dims: Sequence[int]) -> float:
         index = {s: i for i, s in enumerate(self.symbols)}

@@ -310,3 +310,14 @@ def test_a_stopped_pool_runs_calls_on_one_thread(monkeypatch):
               "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_dims_whose_workspace_would_not_fit_an_address_space_are_a_python_error():
+    """Zero-size arrays may carry huge extents; the workspace's 64-bit size must not wrap."""
+    @gc.jit
+    def chain(x: gc.f32["B", "K"], w: gc.f32["M", "K"], v: gc.f32["N", "M"]):
+        return (x @ w.T) @ v.T
+    x, w, v = np.empty((2 ** 32, 0), np.float32), np.empty((2 ** 30, 0), np.float32), np.empty((0, 2 ** 30), np.float32)
+    with pytest.raises(MemoryError, match="B=4294967296"):
+        chain(x, w, v)
+    assert chain(x[:3], w[:4], v[:, :4]).shape == (3, 0)
