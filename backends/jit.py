@@ -16,7 +16,7 @@ from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
 from .boundary import CALL, FAST, RUNTIME, fast_function
-from .llvm import ENTRY, WORKSPACE_SIZE, ModuleBuilder
+from .llvm import ENTRY, PROFILE, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
 PARALLEL_WORK = 4e6
@@ -74,7 +74,8 @@ def optimize_module(module: llvm.ModuleRef, tm: llvm.TargetMachine, speed_level:
 class NativeFunction:
     """A graph compiled to native code. Call it with one numpy array per graph input."""
 
-    def __init__(self, graph: Graph, fusion: FusionResult | None = None) -> None:
+    def __init__(self, graph: Graph, fusion: FusionResult | None = None, profile: bool = False) -> None:
+        """`profile`: time each step of every call (see `step_times`); for `Lowered.profile`."""
         _initialize()
         self._run = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 5, ctypes.c_int64)(run_address())
         self.graph = graph
@@ -83,7 +84,7 @@ class NativeFunction:
         self.input_names = [v.name for v in graph.inputs]
         self.output_types: list[TensorType] = [v.type for v in graph.outputs]
         tm = host_target_machine()
-        builder = ModuleBuilder(graph, self.fusion, tm.triple, str(tm.target_data))
+        builder = ModuleBuilder(graph, self.fusion, tm.triple, str(tm.target_data), profile=profile)
         self.memory = builder.memory
         self.kernel_count = len(builder.kernels) + len(builder.output_copies)
         self.symbols = list(builder.symbols)
@@ -101,6 +102,9 @@ class NativeFunction:
         self._call = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_int64)(call_address) if call_address else None
         self._work_terms = builder.work()
+        self.steps = builder.steps
+        self._step_times = (ctypes.c_int64 * len(self.steps)).from_address(
+            self._engine.get_global_value_address(PROFILE)) if profile else None
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
         self._prepare_call_path()
@@ -162,14 +166,36 @@ class NativeFunction:
                               f"{need} bytes, more than a process can address")
 
     def _work(self, dims: Sequence[int]) -> float:
+        return sum(self.kernel_work(dims))
+
+    def kernel_work(self, dims: Sequence[int] = ()) -> list[float]:
+        """Each kernel's operation count for these values of the symbolic dims (GEMMs: 2·M·N·K)."""
         index = {s: i for i, s in enumerate(self.symbols)}
-        total = 0.0
+        counts = []
         for coefficient, factors in self._work_terms:
             n = float(coefficient)
             for d in factors:
                 n *= dims[index[d]] if isinstance(d, str) else d
-            total += n
-        return total
+            counts.append(n)
+        return counts
+
+    def dims_of(self, args: Sequence) -> tuple[int, ...]:
+        """The symbolic dims' values these arguments give (checked as a call checks them)."""
+        return tuple(self._check(args)[1][:len(self.symbols)])
+
+    def threads_for(self, args: Sequence) -> int:
+        """How many threads a call with these arguments runs on."""
+        return POOL.threads if self._work(self.dims_of(args)) >= PARALLEL_WORK else 1
+
+    def step_times(self, reset: bool = False) -> list[float]:
+        """Seconds spent so far in each step (`steps`: kernels, combine steps, output copies), each
+        until every thread has finished it; only for a function compiled with `profile`."""
+        if self._step_times is None:
+            raise RuntimeError("step_times needs a NativeFunction compiled with profile=True")
+        times = [t * 1e-9 for t in self._step_times]
+        if reset:
+            ctypes.memset(self._step_times, 0, ctypes.sizeof(self._step_times))
+        return times
 
     def _output_shapes(self, dims: Sequence[int]) -> list[tuple[tuple, np.dtype]]:
         return [(tuple(d if i is None else dims[i] for i, d in spec), dtype) for dtype, spec in self._outputs]

@@ -27,7 +27,7 @@ from gradc.ir.ops import REDUCTION
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, ARRAY_LAYOUT, emit_call, emit_fast_call
-from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier
+from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
@@ -103,8 +103,12 @@ def plan_memory(lifetimes: list[tuple[object, Buffer, int, int]]) -> MemoryPlan:
 class ModuleBuilder:
     """Decides where each value lives, then emits the kernels, the entry point and the workspace size."""
 
-    def __init__(self, graph: Graph, fusion: FusionResult, triple: str = "", data_layout: str = "") -> None:
-        self.graph, self.kernels = graph, fusion.kernels
+    def __init__(self, graph: Graph, fusion: FusionResult, triple: str = "", data_layout: str = "",
+                 profile: bool = False) -> None:
+        """`profile`: the entry also adds each step's time (a kernel and the barrier after it, on
+        the main thread) to the global PROFILE, in nanoseconds; `steps` names the steps."""
+        self.graph, self.kernels, self.profile = graph, fusion.kernels, profile
+        self.steps: list[str] = []
         self.module = ir.Module(name=graph.name)
         self.module.triple, self.module.data_layout = triple, data_layout
         self.symbols: dict[str, int] = {}
@@ -172,11 +176,14 @@ class ModuleBuilder:
             locations = [self.location[v] for v in k.writes + k.reads + self.scratch.get(k, [])]
             emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols)
             calls.append((emitter.emit(), locations, emitter.thread is not None))
+            self.steps.append(k.name)
             if combines(k):
                 combine = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, combine_step=True)
                 calls.append((combine.emit(), locations, False))
+                self.steps.append(f"{k.name}.combine")
         for j, v in self.output_copies:
             calls.append(self._output_copy(j, v))
+            self.steps.append(f"output{j}.copy")
         entry = self._build_entry(calls)
         if ARRAY_LAYOUT is not None:
             emit_call(self.module, self.graph, self.symbols, entry)
@@ -222,6 +229,7 @@ class ModuleBuilder:
         offsets, _ = self._slot_offsets(b, dims)
         several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
         main = b.icmp_unsigned("==", thread, ir.Constant(I64, 0))
+        clock = _Clock(self.module, b, len(calls)) if self.profile else None
 
         def pointer(location: tuple[str, int]) -> ir.Value:
             kind, i = location
@@ -230,6 +238,7 @@ class ModuleBuilder:
             return b.load(b.gep(b.bitcast(args, PTR.as_pointer()), [ir.Constant(I64, i)], inbounds=True))
 
         for n, (function, locations, threaded) in enumerate(calls, start=1):
+            start = clock.now() if clock else None
             operands = [pointer(loc) for loc in locations] + [dims]
             if threaded:
                 b.call(function, operands + [thread, threads])
@@ -238,6 +247,9 @@ class ModuleBuilder:
                     b.call(function, operands)
             with b.if_then(several):
                 b.call(declare_barrier(self.module), [sync, b.mul(threads, ir.Constant(I64, n))])
+            if clock:
+                with b.if_then(main):
+                    clock.add(n - 1, start)
         b.ret_void()
         return fn
 
@@ -246,3 +258,31 @@ class ModuleBuilder:
         cold_code(fn)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.ret(self._slot_offsets(b, fn.args[0])[1])
+
+
+PROFILE = "gradc_profile"
+
+
+class _Clock:
+    """Nanoseconds from clock_gettime(CLOCK_MONOTONIC), summed per step into the global PROFILE
+    (i64 per step; a portable clock: the cycle counter traps in user mode on some CPUs)."""
+
+    def __init__(self, module: ir.Module, b: ir.IRBuilder, steps: int) -> None:
+        import time
+        self.b, self.clock_id = b, time.CLOCK_MONOTONIC
+        self.totals = ir.GlobalVariable(module, ir.ArrayType(I64, steps), PROFILE)
+        self.totals.initializer = ir.Constant(self.totals.value_type, [0] * steps)
+        self.gettime = declare_external(module, "clock_gettime", ir.IntType(32), [ir.IntType(32), PTR])
+        self.timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
+
+    def now(self) -> ir.Value:
+        b = self.b
+        b.call(self.gettime, [ir.Constant(ir.IntType(32), self.clock_id), b.bitcast(self.timespec, PTR)])
+        seconds, nanoseconds = (b.load(b.gep(self.timespec, [ir.Constant(I64, 0), ir.Constant(I64, i)]))
+                                for i in (0, 1))
+        return b.add(b.mul(seconds, ir.Constant(I64, 1_000_000_000)), nanoseconds)
+
+    def add(self, step: int, start: ir.Value) -> None:
+        b = self.b
+        total = b.gep(self.totals, [ir.Constant(I64, 0), ir.Constant(I64, step)])
+        b.store(b.add(b.load(total), b.sub(self.now(), start)), total)

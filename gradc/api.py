@@ -30,6 +30,7 @@ class Lowered:
     fusion: FusionResult
     timings: dict[str, float] = field(default_factory=dict)
     _native: NativeFunction | None = None
+    _profiled: NativeFunction | None = None
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -64,6 +65,15 @@ class Lowered:
         """The requested gradients as matrix-calculus formulas (see gradc.explain)."""
         from .explain import explain
         return explain(self, wrt, stage)
+
+    def profile(self, *args: Any, calls: int = 0):
+        """Where a call's time goes, kernel by kernel (a gradc.profiling.Profile; print it): a
+        second compilation, timed inside native code, called `calls` times (0: about 0.5 s worth)."""
+        from .profiling import profile
+        with self._lock:
+            if self._profiled is None:
+                self._profiled = NativeFunction(self.graphs["optimized"], self.fusion, profile=True)
+        return profile(self._profiled, args, calls)
 
     def fusion_report(self) -> str:
         """Each kernel, the ops it fused and what it stores; each op left out, and why."""

@@ -1,9 +1,10 @@
-"""The `gradc` command: dump, draw, explain and check the compilation of a model definition.
+"""The `gradc` command: dump, draw, explain, check and profile the compilation of a model definition.
 
     gradc dump    examples/models/seed.py:loss --stage all
     gradc dot     examples/models/seed.py:loss --stage grad -o seed.svg
     gradc explain examples/models/seed.py:loss --wrt U,V
     gradc check   examples/models/mlp3.py:loss
+    gradc profile examples/models/seed.py:loss --dim B=4096
 
 A target is FILE.py:FUNC, a function whose parameters carry gc.f32[...] annotations, or an IR
 text file (.gir) as `gradc dump --stage traced` prints it. Mistakes in the user's file are
@@ -391,6 +392,23 @@ def cmd_check(args: argparse.Namespace, target: Target, out: Any) -> int:
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
+def cmd_profile(args: argparse.Namespace, target: Target, out: Any) -> int:
+    lowered = lower(target, _wrt(target, args.wrt))
+    types = annotated_types(target.fn) or []
+    dims = bind_symbols(types, _dims(args.dim))
+    arrays = random_arguments(types, dims, args.seed)
+    if args.threads is not None:
+        from .backends.threads import set_num_threads
+        try:
+            set_num_threads(args.threads)
+        except ValueError as e:
+            raise UserError(f"--threads: {e}") from e
+    result = lowered.profile(*arrays, calls=args.calls)
+    setting = ", ".join(f"{k}={v}" for k, v in dims.items())
+    out.write(f"value and gradient{' with ' + setting if setting else ''}, random inputs\n{result}\n")
+    return EXIT_OK
+
+
 # --- argument parsing -------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -454,6 +472,15 @@ def _parser() -> argparse.ArgumentParser:
                        "accepted (default: 1e-5)")
     check.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
     check.set_defaults(run=cmd_check)
+
+    prof = command("profile", "Time the compiled value-and-gradient call kernel by kernel, inside "
+                   "native code, on random inputs.", "gradc profile examples/models/seed.py:loss --dim B=4096")
+    prof.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                      help="size of a symbolic dim (default: 4 each)")
+    prof.add_argument("--calls", type=int, default=0, help="calls to time (default: about 0.5 s worth)")
+    prof.add_argument("--threads", type=int, help="threads to use (default: gc.get_num_threads())")
+    prof.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    prof.set_defaults(run=cmd_profile)
     return parser
 
 

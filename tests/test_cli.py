@@ -57,7 +57,7 @@ def seed_lowered():
 
 def test_help_for_every_command():
     assert "dump" in ok("--help") and "explain" in ok("--help")
-    for command in ("dump", "dot", "explain", "check"):
+    for command in ("dump", "dot", "explain", "check", "profile"):
         text = ok(command, "--help")
         assert f"usage: gradc {command}" in text and "TARGET" in text and "--wrt" in text
         assert "example: gradc " + command in text
@@ -191,6 +191,16 @@ def test_check_passes_on_the_examples():
     assert re.search(r"∂L/∂W1\s+worst relative error\s+\S+\s+ok", out) and "B=6" in out
 
 
+def test_profile_lists_every_kernel_of_the_step():
+    out = ok("profile", SEED, "--dim", "B=64", "--calls", "20", "--threads", "1")
+    assert "with B=64" in out and "mean of 20), 1 thread(s)" in out
+    for step in ("k0", "k1", "k1.combine", "k2", "k3", "k4", "steps", "boundary"):
+        assert re.search(rf"^{re.escape(step)}\s", out, re.M), step
+    assert re.search(r"^k0\s+matmul\s+[\d.]+ µs\s+[\d.]+%\s+[\d.]+\s+matmul, sigmoid$", out, re.M)
+    bad = gradc("profile", SEED, "--threads", "0")
+    assert bad.returncode == 1 and "--threads" in bad.stderr
+
+
 def test_check_reports_a_mismatch(tmp_path):
     model = write(tmp_path, "wrong.py", """
         import gradc as gc
@@ -255,7 +265,7 @@ def test_shape_mismatch_shows_the_users_line(tmp_path):
             f = x @ U.T
             return gc.mean(f)
         """)
-    for command in ("dump", "dot", "explain", "check"):
+    for command in ("dump", "dot", "explain", "check", "profile"):
         err = fails(command, f"{model}:loss", cwd=tmp_path)
         assert err.startswith("shapes.py:4: error: matmul: inner dimensions differ"), err
         assert "4 |     f = x @ U.T" in err
