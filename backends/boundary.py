@@ -341,7 +341,8 @@ after_fork_in_child(_free_workspaces_after_fork)
 
 def fast_function(address: int, workspace: int | None, parallel: bool, owner: object):
     """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call); it keeps
-    `owner` (whose engine holds the code) alive. `workspace`: its own, used by one call at a time."""
+    `owner` (the engine holding the code, and the workspace) alive. `workspace`: its own, used by
+    one call at a time. The thread threshold `parallel` is decided here, once."""
     new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
                                      ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
     context = np.zeros(4, np.int64)

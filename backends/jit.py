@@ -139,7 +139,8 @@ class NativeFunction:
         _, size, work, _ = self._static_plan
         self._fast_workspace = np.empty(size, np.uint8) if size else None
         workspace = self._fast_workspace.ctypes.data if size else None
-        return fast_function(address, workspace, work >= PARALLEL_WORK, self)
+        # the builtin keeps alive what its code needs, not this object: no reference cycle
+        return fast_function(address, workspace, work >= PARALLEL_WORK, (self._engine, self._fast_workspace))
 
     def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float, ctypes.Array]:
         """For these values of the symbolic dims: output shapes, workspace bytes, operation count,

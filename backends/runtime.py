@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -119,30 +120,40 @@ def _cache_key(names: list[str]) -> str:
     return hashlib.sha256(f"{host}\n{_code_version()}\n{' '.join(sorted(names))}".encode()).hexdigest()
 
 
+def _ours(path: Path) -> bool:
+    """Only code this user compiled is ever loaded (or evicted)."""
+    return not hasattr(os, "getuid") or path.stat().st_uid == os.getuid()
+
+
 def _cached_object(key: str) -> bytes | None:
     """The object code stored under `key`, if present and intact (its name carries its digest)."""
     folder = cache_dir()
     if folder is None or _code_version() is None:
         return None
     for path in folder.glob(f"{key}.*.o"):
-        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
-            continue  # only code this user compiled is ever loaded
-        data = path.read_bytes()
-        if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":
-            try:
+        try:  # another process may evict it meanwhile
+            if not _ours(path):
+                continue
+            data = path.read_bytes()
+            if path.name == f"{key}.{hashlib.sha256(data).hexdigest()}.o":
                 os.utime(path)  # recently used: evicted last
-            except OSError:
-                pass
-            return data
+                return data
+        except OSError:
+            continue
     return None
 
 
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.[0-9a-f]{64}\.o")
+
+
 def _evict(folder: Path) -> None:
-    """Delete all but the CACHE_ENTRIES most recently used object files."""
+    """Delete all but the CACHE_ENTRIES most recently used of our object files (a user's own files
+    in the same folder are never touched)."""
     entries = []
     for path in folder.glob("*.o"):
         try:
-            entries.append((path.stat().st_mtime, path))
+            if _ENTRY_NAME.fullmatch(path.name) and _ours(path):
+                entries.append((path.stat().st_mtime, path))
         except OSError:  # another process evicted it meanwhile
             pass
     for _, path in sorted(entries, reverse=True)[CACHE_ENTRIES:]:

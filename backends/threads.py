@@ -290,7 +290,9 @@ class NativePool:
         atexit.register(self.stop)
 
     def _publish_ready(self) -> None:
-        ctypes.c_int64.from_address(self.control_address + READY * LINE).value = self.threads if self.started else 0
+        threads = self.threads
+        ready = threads if self._helpers >= threads - 1 else 0
+        ctypes.c_int64.from_address(self.control_address + READY * LINE).value = ready
 
     @property
     def control_address(self) -> int:
@@ -303,9 +305,10 @@ class NativePool:
     def set_threads(self, threads: int) -> None:
         if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads: expected an int from 1 to {MAX_THREADS}, got {threads!r}")
-        if not self._stopped:  # after stop (at exit) every call runs on one thread
-            self.threads = threads
-            self._publish_ready()
+        with self._lock:
+            if not self._stopped:  # after stop (at exit) every call runs on one thread
+                self.threads = threads
+                self._publish_ready()
 
     def start(self) -> None:
         """Start the helpers a call on `threads` threads needs (the first parallel call does this),

@@ -115,18 +115,25 @@ def test_a_misaligned_array_is_refused(fn):
 
 def test_the_fast_path_leaks_no_references():
     """gradc_fast makes its outputs and result tuple, and returns None on refusal, by hand."""
+    import gc as collector
     import sys
     import weakref
     args = args_for(5)
     fast = native_of(STATIC, *args).fast
     wrong_dtype = (args[0], args[1].astype(np.float32), args[2])
     watched = [None, np.dtype(np.float64), *args, *wrong_dtype]
-    before = [sys.getrefcount(x) for x in watched]
-    for _ in range(200):
-        fast(*args)
-        fast(*args[:2])
-        fast(*wrong_dtype)
-    assert [sys.getrefcount(x) for x in watched] == before
+    collector.collect()
+    collector.disable()  # a collection meanwhile could free other references to None
+    try:
+        before = [sys.getrefcount(x) for x in watched]
+        for _ in range(200):
+            fast(*args)
+            fast(*args[:2])
+            fast(*wrong_dtype)
+        after = [sys.getrefcount(x) for x in watched]
+    finally:
+        collector.enable()
+    assert after == before
     out = fast(*args)
     assert sys.getrefcount(out) == 2  # this name's and getrefcount's
     alive = [weakref.ref(o) for o in out]
@@ -171,14 +178,29 @@ def test_a_workspace_busy_in_a_call_at_fork_time_is_free_in_the_child():
     assert child.exitcode == 0 and took_fast_path
 
 
-def test_threads_calling_one_static_function_at_once_get_their_own_results(monkeypatch):
-    import concurrent.futures
-    inputs = [args_for(64, 40, 30) for _ in range(64)]
-    STATIC(*inputs[0])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        outs = list(pool.map(lambda a: STATIC(*a), inputs))
-    for a, o in zip(inputs, outs):
-        np.testing.assert_allclose(o, reference(*a), rtol=1e-12)
+def test_a_call_made_while_another_thread_is_inside_takes_the_python_path():
+    """The fast path's workspace is claimed for a call's whole length (the GIL is released meanwhile):
+    a second thread's call then is refused and computed in Python with its own workspace."""
+    import threading
+    from gradc.backends.boundary import CONTEXT_BUSY
+    square = gc.jit(lambda a: gc.tanh(a @ a.T))
+    long_input = RNG.standard_normal((1200, 1200))
+    short_input = RNG.standard_normal((1200, 1200)) * 0.5
+    native = square.lower(long_input).native
+    native(long_input)  # a first parallel call starts the helper threads; later ones take the fast path
+    busy = native.fast.__self__[0][CONTEXT_BUSY:CONTEXT_BUSY + 1]
+    results = {}
+    inside = threading.Thread(target=lambda: results.setdefault("long", native(long_input)))
+    inside.start()
+    while busy[0] == 0 and inside.is_alive():
+        pass  # until the other thread is inside its native call
+    assert busy[0] == 1, "the long call finished before this thread saw it"
+    refused = native.fast(short_input)
+    short = native(short_input)
+    inside.join()
+    assert refused is None, "the fast path ran while its workspace was in use"
+    np.testing.assert_allclose(short[0], np.tanh(short_input @ short_input.T), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(results["long"][0], np.tanh(long_input @ long_input.T), rtol=1e-9, atol=1e-12)
 
 
 def test_the_last_signature_is_not_reused_for_another():
@@ -321,3 +343,22 @@ def test_dims_whose_workspace_would_not_fit_an_address_space_are_a_python_error(
     with pytest.raises(MemoryError, match="B=4294967296"):
         chain(x, w, v)
     assert chain(x[:3], w[:4], v[:, :4]).shape == (3, 0)
+
+
+def test_the_builtin_keeps_its_code_alive_without_a_reference_cycle():
+    """Dropping a compiled function frees it at once (no cycle through its builtin), and a builtin
+    still held elsewhere keeps working: it holds the engine and the workspace, not the function."""
+    import gc as collector
+    import weakref
+    from gradc.backends.jit import NativeFunction
+    args = args_for(4)
+    lowered = STATIC.lower(*args)
+    native = NativeFunction(lowered.graphs["optimized"], lowered.fusion)
+    fast, alive = native.fast, weakref.ref(native)
+    collector.disable()
+    try:
+        del native
+        assert alive() is None
+    finally:
+        collector.enable()
+    np.testing.assert_allclose(fast(*args)[0], reference(*args), rtol=1e-12)

@@ -92,3 +92,10 @@ def test_the_cache_keeps_only_the_most_recently_used_entries(tmp_path):
     assert new, "the runtime just compiled was evicted"
     assert all(path in kept for path in old[len(old) - (runtime.CACHE_ENTRIES - len(new)):])  # the newest old ones
     assert _first_call_in_new_process(str(tmp_path)) == len(new)  # and it loads from there
+
+
+def test_eviction_leaves_other_files_alone(tmp_path):
+    for i in range(runtime.CACHE_ENTRIES + 5):
+        (tmp_path / f"mylib_{i}.o").write_bytes(b"not gradc's")
+    assert _first_call_in_new_process(str(tmp_path)) == 0
+    assert len(list(tmp_path.glob("mylib_*.o"))) == runtime.CACHE_ENTRIES + 5
