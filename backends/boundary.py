@@ -1,34 +1,23 @@
-"""The call boundary in native code: `gradc_fast` and `gradc_call` read and check numpy arrays' headers.
+"""The call boundary in native code: `gradc_fast`, a Python builtin that reads numpy arrays' headers.
 
-Handing numpy arrays to native code through ctypes costs about 0.7 µs an array just to learn each
-data address in Python, more than a tiny step's arithmetic. `gradc_call` instead takes the array
-objects themselves (ctypes passes a `py_object` as a bare pointer) and reads their headers, whose
-layout is numpy's public C struct `PyArrayObject_fields`. It checks what the Python path would:
-the exact type ndarray, the dtype, the rank, every extent (symbolic dims included), and that the
-data is C-contiguous and aligned. Any mismatch returns the failing argument's number before anything
-runs, and the caller then takes the Python path, which copies what it can and otherwise raises the
-error that names the argument. The layout is verified on real arrays at import; if it does not match
-(another numpy or Python build), `ARRAY_LAYOUT` is None and only the Python path is used.
+Each compiled function has a `gradc_fast`, which Python calls as a builtin function
+(METH_FASTCALL), not through ctypes: learning an array's data address in Python costs about 0.7 µs,
+and a ctypes call 0.15 µs an argument, more than a tiny step's arithmetic. It reads the argument
+objects' headers, whose layout is numpy's public C struct `PyArrayObject_fields`, and checks what
+the Python path would: the exact type ndarray, the dtype, the rank, that the data is C-contiguous
+and aligned, and every extent, binding each symbolic dim where it first occurs. It then checks that
+its workspace is large enough for these dims, decides the thread count from the operation count,
+makes the outputs with numpy's C function PyArray_Empty, releases the interpreter lock around the
+shared runtime's `run` (threads.py) and returns the outputs' tuple. Anything it refuses (it returns
+None) takes the Python path, which copies what it can, raises the error that names the argument,
+or grows the workspace for the next call. The tiny seed step went from 8.8 µs a call through ctypes
+to 6.1 µs, and `jit(lambda x: x + 1.0)` from 2.3 to 1.4 µs (0.8 µs on a quiet machine).
 
-    i32 gradc_call(ptr arrays, ptr dims, ptr workspace, ptr runtime, i64 threads)
-
-takes one tuple of the inputs then the outputs (allocated by the caller with the right shapes): a
-ctypes call costs about 0.15 µs an argument, so one tuple beats ten arrays. `dims` holds the
-symbolic dims' values the caller sized the outputs and workspace for: every extent must match them
-(read here, not bound here, so an array reshaped in place by another thread meanwhile cannot make
-the kernels overrun what was allocated). `runtime` points
-at `RUNTIME`, addresses that change from process to process (ndarray's type object, the dtype
-objects, the C functions below and the helper threads' control block), kept out of the IR so that
-its text, which users read, is the same in every process. Every call goes on to the shared runtime's
-`run` (threads.py).
-
-A function without symbolic dims (every un-annotated one: it is compiled per shape) also gets
-`gradc_fast`, which Python calls as a builtin function (METH_FASTCALL) rather than through ctypes.
-It does the same checks, makes the outputs itself with numpy's C function PyArray_Empty, releases
-the interpreter lock around `run`, and returns the outputs' tuple: the tiny seed step went from 8.8
-to 6.1 µs a call, and `jit(lambda x: x + 1.0)` from 2.3 to 1.4 µs. With symbolic dims, the output
-shapes, the workspace size and the thread count depend on the dims, which Python works out (and
-remembers) before calling `gradc_call`.
+The layouts are verified on real objects at import; where they do not match (another numpy or
+Python build) `ARRAY_LAYOUT` or `ARRAY_EMPTY` is None and every call takes the Python path. The
+builtin's context points at `RUNTIME`, addresses that change from process to process (ndarray's
+type object, the dtype objects, the C functions it calls and the helper threads' control block),
+kept out of the IR so that its text, which users read, is the same in every process.
 """
 from __future__ import annotations
 
@@ -45,15 +34,14 @@ from .codegen import cold_code
 from .runtime import after_fork_in_child
 from .threads import LINE, POOL, READY, declare_run
 
-I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+I8, I32, I64, F64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.DoubleType()
 PTR = ir.PointerType(I8)
-CALL = "gradc_call"
 C_CONTIGUOUS_AND_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 (RUNTIME_ARRAY_TYPE, RUNTIME_F32, RUNTIME_F64, RUNTIME_CONTROL, RUNTIME_NONE, RUNTIME_INCREF, RUNTIME_DECREF,
  RUNTIME_TUPLE_NEW, RUNTIME_SAVE_THREAD, RUNTIME_RESTORE_THREAD, RUNTIME_ARRAY_EMPTY) = range(11)
 FAST = "gradc_fast"
 # a fast entry's context: int64 words, the first item of the tuple that is its `self`
-CONTEXT_RUNTIME, CONTEXT_WORKSPACE, CONTEXT_BUSY, CONTEXT_PARALLEL = range(4)
+CONTEXT_RUNTIME, CONTEXT_WORKSPACE, CONTEXT_CAPACITY, CONTEXT_BUSY, CONTEXT_THRESHOLD = range(5)
 METH_FASTCALL = 0x0080
 DTYPE_SLOTS = {"f32": RUNTIME_F32, "f64": RUNTIME_F64}
 
@@ -142,7 +130,7 @@ def _array_empty() -> int | None:
 
 PYTHON_C_FUNCTIONS = _python_c_functions() if ARRAY_LAYOUT is not None else None
 ARRAY_EMPTY = _array_empty() if PYTHON_C_FUNCTIONS is not None else None
-"""Where None, functions without symbolic dims have no gradc_fast and go through gradc_call."""
+"""Where None, no function has a gradc_fast: every call takes the Python path."""
 RUNTIME = np.zeros(11, np.int64)
 RUNTIME[RUNTIME_ARRAY_TYPE] = id(np.ndarray)
 RUNTIME[RUNTIME_F32] = id(np.dtype(np.float32))  # the dtype singletons numpy gives its arrays
@@ -155,31 +143,29 @@ for _slot, _address in (PYTHON_C_FUNCTIONS or {}).items():
 RUNTIME[RUNTIME_ARRAY_EMPTY] = ARRAY_EMPTY or 0
 
 
-def _check_inputs(b: ir.IRBuilder, items: list[ir.Value], graph: Graph,
-                  runtime_word, dim_values: ir.Value | None, symbols: dict[str, int], args: ir.Value,
-                  require) -> None:
-    """Check each input object as the Python path would (see the module docstring) and store its
-    data address into `args`; `require(ok, number)` branches away when an input is refused."""
-    layout = ARRAY_LAYOUT
+def _word(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
+    return b.load(b.bitcast(b.gep(obj, [ir.Constant(I64, offset)], inbounds=True), ty.as_pointer()))
 
-    def word(obj: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
-        return b.load(b.bitcast(b.gep(obj, [ir.Constant(I64, offset)], inbounds=True), ty.as_pointer()))
 
+def _check_headers(b: ir.IRBuilder, items: list[ir.Value], graph: Graph, runtime_word, require) -> list[ir.Value]:
+    """Check each input object's type, dtype, rank and flags as the Python path would (see the
+    module docstring); `require(ok, number)` branches away when an input is refused. Returns
+    each input's shape (extents), safe to read once these checks passed."""
+    layout, shapes = ARRAY_LAYOUT, []
     array_type = runtime_word(RUNTIME_ARRAY_TYPE)
     for i, (obj, v) in enumerate(zip(items, graph.inputs), start=1):
         t = v.type
-        require(b.icmp_unsigned("==", word(obj, layout.type, I64), array_type), i)  # exactly ndarray
-        require(b.icmp_unsigned("==", word(obj, layout.descr, I64), runtime_word(DTYPE_SLOTS[t.dtype])), i)
-        require(b.icmp_signed("==", word(obj, layout.ndim, I32), ir.Constant(I32, t.rank)), i)
-        flags = b.and_(word(obj, layout.flags, I32), ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED))
+        require(b.icmp_unsigned("==", _word(b, obj, layout.type, I64), array_type), i)  # exactly ndarray
+        require(b.icmp_unsigned("==", _word(b, obj, layout.descr, I64), runtime_word(DTYPE_SLOTS[t.dtype])), i)
+        require(b.icmp_signed("==", _word(b, obj, layout.ndim, I32), ir.Constant(I32, t.rank)), i)
+        flags = b.and_(_word(b, obj, layout.flags, I32), ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED))
         require(b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED)), i)
-        shape = b.bitcast(word(obj, layout.shape, PTR), I64.as_pointer())
-        for axis, d in enumerate(t.shape):
-            extent = b.load(b.gep(shape, [ir.Constant(I64, axis)], inbounds=True))
-            expected = ir.Constant(I64, d) if isinstance(d, int) else \
-                b.load(b.gep(dim_values, [ir.Constant(I64, symbols[d])], inbounds=True))
-            require(b.icmp_signed("==", extent, expected), i)
-        b.store(word(obj, layout.data, PTR), b.gep(args, [ir.Constant(I64, i - 1)], inbounds=True))
+        shapes.append(b.bitcast(_word(b, obj, layout.shape, PTR), I64.as_pointer()))
+    return shapes
+
+
+def _extent(b: ir.IRBuilder, shape: ir.Value, axis: int) -> ir.Value:
+    return b.load(b.gep(shape, [ir.Constant(I64, axis)], inbounds=True))
 
 
 class _Refusals:
@@ -210,39 +196,36 @@ def _runtime_words(b: ir.IRBuilder, runtime: ir.Value):
     return runtime_word
 
 
-def emit_call(module: ir.Module, graph: Graph, symbols: dict[str, int], entry: ir.Function) -> None:
-    """`gradc_call` for `graph` (see the module docstring); needs ARRAY_LAYOUT."""
-    n_in, n_out = len(graph.inputs), len(graph.outputs)
-    fn = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR, I64]), CALL)
-    cold_code(fn)  # measured: no slower a call (it is a few dozen loads and compares)
-    arrays, dims, workspace, runtime, threads = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    items = [b.load(b.bitcast(b.gep(arrays, [ir.Constant(I64, TUPLE_ITEMS + 8 * i)], inbounds=True), PTR.as_pointer()))
-             for i in range(n_in + n_out)]
-    args = b.alloca(PTR, n_in + n_out, name="args")
-    refusals = _Refusals(b, fn)
-    runtime_word = _runtime_words(b, runtime)
-    _check_inputs(b, items[:n_in], graph, runtime_word, b.bitcast(dims, I64.as_pointer()), symbols, args,
-                  refusals.require)
-    for j, obj in enumerate(items[n_in:]):
-        data = b.gep(obj, [ir.Constant(I64, ARRAY_LAYOUT.data)], inbounds=True)
-        b.store(b.load(b.bitcast(data, PTR.as_pointer())), b.gep(args, [ir.Constant(I64, n_in + j)], inbounds=True))
-
-    control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
-    b.call(declare_run(module), [control, b.bitcast(entry, PTR), b.bitcast(args, PTR), dims, workspace, threads])
-    b.ret(ir.Constant(I32, 0))
-    b.ret(refusals.number())
+Terms = list  # [(coefficient, (symbol names...))]: a polynomial in the symbolic dims
 
 
-def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function) -> None:
-    """`gradc_fast`, a METH_FASTCALL C function of Python's (see `fast_function`) for a graph without
-    symbolic dims: it checks the inputs as `gradc_call` does, makes the outputs with numpy's
+def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: Terms) -> ir.Value:
+    """Σ coefficient × Π dims, in double precision: never wraps, unlike 64-bit integers."""
+    total = ir.Constant(F64, 0.0)
+    for coefficient, factors in terms:
+        term = ir.Constant(F64, float(coefficient))
+        for d in factors:
+            term = b.fmul(term, b.uitofp(dims[d], F64))
+        total = b.fadd(total, term)
+    return total
+
+
+def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols: dict[str, int],
+                   workspace_size: ir.Function, slot_bytes: list[Terms], work: Terms) -> None:
+    """`gradc_fast`, a METH_FASTCALL C function of Python's (see `fast_function`): it checks the
+    inputs (binding the symbolic dims from their extents), makes the outputs with numpy's
     PyArray_Empty, runs the entry with the interpreter lock released, and returns the outputs as a
-    tuple; or None, refusing, when an argument (or the argument count) does not fit, when another
-    thread is using its workspace, or when the helper threads it needs have not been started: the
-    caller then takes the Python path. NULL, with Python's error set, when numpy cannot allocate.
+    tuple. It returns None, refusing, when an argument (or the argument count) does not fit, when
+    another thread is using its workspace or the workspace is too small for these dims, or when
+    the helper threads it needs have not been started: the caller then takes the Python path,
+    which reports, copies, allocates or starts what is needed. NULL, with Python's error set, when
+    numpy cannot allocate an output.
 
-        ptr gradc_fast(ptr self, ptr args, i64 nargs)     self = (context, owner)
+        ptr gradc_fast(ptr self, ptr args, i64 nargs)     self = (context, owner, method)
+
+    `slot_bytes`: each workspace slot's buffers in bytes, as terms (a bound of the workspace that
+    cannot wrap: dims for which it reaches 2^61 bytes go to Python, which raises MemoryError);
+    `work`: the operation count deciding the thread count (against CONTEXT_THRESHOLD).
     """
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     fn = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR, I64]), FAST)
@@ -269,10 +252,34 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function) -> None:
     refusals.require(b.icmp_signed("==", nargs, ir.Constant(I64, n_in)), 0)
     items = [b.load(b.gep(b.bitcast(vector, PTR.as_pointer()), [ir.Constant(I64, i)], inbounds=True))
              for i in range(n_in)]
-    args = b.alloca(PTR, n_in + n_out, name="args")
-    _check_inputs(b, items, graph, runtime_word, None, {}, args, refusals.require)
+    shapes = _check_headers(b, items, graph, runtime_word, refusals.require)
 
-    parallel = b.icmp_unsigned("!=", b.load(context_word(CONTEXT_PARALLEL)), ir.Constant(I64, 0))
+    # bind each symbolic dim where it first occurs, then check every extent against its dim
+    dims_area = b.alloca(I64, max(len(symbols), 1), name="dims")
+    dims: dict[str, ir.Value] = {}
+    for i, v in enumerate(graph.inputs):
+        for axis, d in enumerate(v.type.shape):
+            if isinstance(d, str) and d not in dims:
+                dims[d] = _extent(b, shapes[i], axis)
+                b.store(dims[d], b.gep(dims_area, [ir.Constant(I64, symbols[d])], inbounds=True))
+    args = b.alloca(PTR, n_in + n_out, name="args")
+    for i, v in enumerate(graph.inputs, start=1):
+        for axis, d in enumerate(v.type.shape):
+            expected = ir.Constant(I64, d) if isinstance(d, int) else dims[d]
+            refusals.require(b.icmp_signed("==", _extent(b, shapes[i - 1], axis), expected), i)
+        b.store(_word(b, items[i - 1], ARRAY_LAYOUT.data, PTR), b.gep(args, [ir.Constant(I64, i - 1)], inbounds=True))
+
+    if symbols:
+        bound = ir.Constant(F64, 0.0)
+        for terms in slot_bytes:  # a slot's largest buffer, bounded by the sum of its buffers
+            bound = b.fadd(bound, _polynomial(b, dims, terms))
+        refusals.require(b.fcmp_ordered("<", bound, ir.Constant(F64, 2.0 ** 61)), 0)
+    dims_pointer = b.bitcast(dims_area, PTR)
+    needed = b.call(workspace_size, [dims_pointer])
+    refusals.require(b.icmp_unsigned("<=", needed, b.load(context_word(CONTEXT_CAPACITY))), 0)
+
+    threshold = b.bitcast(b.load(context_word(CONTEXT_THRESHOLD)), F64)
+    parallel = b.fcmp_ordered(">=", _polynomial(b, dims, work), threshold)
     control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
     ready = b.load(b.bitcast(b.gep(control, [ir.Constant(I64, READY * LINE)], inbounds=True), I64.as_pointer()))
     threads = b.select(parallel, ready, ir.Constant(I64, 1))
@@ -285,14 +292,14 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function) -> None:
     decref = c_function(RUNTIME_DECREF, ir.VoidType(), [PTR])
     empty = c_function(RUNTIME_ARRAY_EMPTY, PTR, [I32, I64.as_pointer(), PTR, I32])
     outputs = []
+    extents = b.alloca(I64, max((v.type.rank for v in graph.outputs), default=1) or 1, name="extents")
     for j, v in enumerate(graph.outputs):
-        extents = ir.GlobalVariable(module, ir.ArrayType(I64, max(v.type.rank, 1)), f"gradc_fast.shape{j}")
-        extents.global_constant, extents.linkage = True, "internal"
-        extents.initializer = ir.Constant(extents.value_type, list(v.type.shape) or [0])
+        for axis, d in enumerate(v.type.shape):
+            b.store(ir.Constant(I64, d) if isinstance(d, int) else dims[d],
+                    b.gep(extents, [ir.Constant(I64, axis)], inbounds=True))
         descr = b.inttoptr(runtime_word(DTYPE_SLOTS[v.type.dtype]), PTR)
         b.call(incref, [descr])  # stolen by PyArray_Empty
-        array = b.call(empty, [ir.Constant(I32, v.type.rank), b.bitcast(extents, I64.as_pointer()), descr,
-                               ir.Constant(I32, 0)])
+        array = b.call(empty, [ir.Constant(I32, v.type.rank), extents, descr, ir.Constant(I32, 0)])
         with b.if_then(b.icmp_unsigned("==", array, ir.Constant(PTR, None)), likely=False):
             for earlier in outputs:
                 b.call(decref, [earlier])
@@ -303,7 +310,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function) -> None:
 
     workspace = b.inttoptr(b.load(context_word(CONTEXT_WORKSPACE)), PTR)
     state = b.call(c_function(RUNTIME_SAVE_THREAD, PTR, []), [])
-    b.call(declare_run(module), [control, b.bitcast(entry, PTR), b.bitcast(args, PTR), ir.Constant(PTR, None),
+    b.call(declare_run(module), [control, b.bitcast(entry, PTR), b.bitcast(args, PTR), dims_pointer,
                                  workspace, threads])
     b.call(c_function(RUNTIME_RESTORE_THREAD, ir.VoidType(), [PTR]), [state])
     b.store_atomic(ir.Constant(I64, 0), busy, "release", 8)
@@ -339,16 +346,26 @@ def _free_workspaces_after_fork() -> None:
 after_fork_in_child(_free_workspaces_after_fork)
 
 
-def fast_function(address: int, workspace: int | None, parallel: bool, owner: object):
-    """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call); it keeps
-    `owner` (the engine holding the code, and the workspace) alive. `workspace`: its own, used by
-    one call at a time. The thread threshold `parallel` is decided here, once."""
+def fast_function(address: int, threshold: float, engine: object):
+    """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call), whose
+    calls of at least `threshold` operations use the helper threads. It keeps `engine` (which holds
+    the code) and its workspace (see `give_workspace`; none yet) alive, not the NativeFunction."""
     new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
                                      ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
-    context = np.zeros(4, np.int64)
+    context = np.zeros(5, np.int64)
     _contexts[id(context)] = context
     context[CONTEXT_RUNTIME] = RUNTIME.ctypes.data
-    context[CONTEXT_WORKSPACE] = workspace or 0
-    context[CONTEXT_PARALLEL] = int(parallel)
+    context[CONTEXT_THRESHOLD:CONTEXT_THRESHOLD + 1].view(np.float64)[0] = threshold
     method = _MethodDef(b"gradc_fast", address, METH_FASTCALL, None)
-    return new_function(ctypes.byref(method), (context, owner, method), None)
+    return new_function(ctypes.byref(method), (context, [engine, None], method), None)
+
+
+def give_workspace(fast, size: int) -> None:
+    """Let the builtin `fast` use a workspace of `size` bytes from now on, if its own is smaller
+    and no call is using it. Only with the GIL held: a call claims the workspace with the GIL held,
+    and gives it back before returning, so none can claim it meanwhile."""
+    context, keep, _ = fast.__self__
+    if context[CONTEXT_BUSY] or context[CONTEXT_CAPACITY] >= size:
+        return
+    keep[1] = buffer = np.empty(size, np.uint8)
+    context[CONTEXT_WORKSPACE], context[CONTEXT_CAPACITY] = buffer.ctypes.data, size

@@ -15,13 +15,12 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import CALL, FAST, RUNTIME, fast_function
+from .boundary import FAST, fast_function, give_workspace
 from .llvm import ENTRY, PROFILE, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
 PARALLEL_WORK = 4e6
 _NO_DIMS = (ctypes.c_int64 * 1)()  # functions without symbolic dims read none
-_RUNTIME_ADDRESS = RUNTIME.ctypes.data
 _MAX_PLANS = 64  # call plans kept per function with symbolic dims, one per distinct set of dims
 
 _init_lock = threading.Lock()
@@ -98,9 +97,6 @@ class NativeFunction:
         self._engine = llvm.create_mcjit_compiler(module, tm)
         self._engine.finalize_object()
         self._entry_address = self._engine.get_function_address(ENTRY)
-        call_address = self._engine.get_function_address(CALL)
-        self._call = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int64)(call_address) if call_address else None
         self._work_terms = builder.work()
         self.steps = builder.steps
         self._step_times = (ctypes.c_int64 * len(self.steps)).from_address(
@@ -114,14 +110,10 @@ class NativeFunction:
         """Decide at compile time everything a call would otherwise work out again."""
         index = {s: i for i, s in enumerate(self.symbols)}
         self._inputs = []
-        self._binding: list[tuple[int, int]] = []  # (input, axis) where each symbol is first seen
         for name, t in zip(self.input_names, self.input_types):
             static = None if t.symbols else tuple(t.shape)
             axes = [(axis, index.get(d), d) for axis, d in enumerate(t.shape)]
             self._inputs.append((name, t, t.np_dtype, static, axes))
-            for axis, i, _ in axes:
-                if i is not None and i == len(self._binding):
-                    self._binding.append((len(self._inputs) - 1, axis))
         self._n_inputs = len(self._inputs)
         self._dims_type = ctypes.c_int64 * max(len(self.symbols), 1)
         self._pointers = ctypes.c_void_p * (len(self.input_types) + len(self.output_types))
@@ -131,16 +123,15 @@ class NativeFunction:
         self._static_plan = None if self.symbols else self._plan(())
 
     def _fast_function(self):
-        """The builtin function for the hot path of a function without symbolic dims (see
-        boundary.emit_fast_call), or None: then `try_call` is the hot path."""
-        address = self._engine.get_function_address(FAST) if self._static_plan is not None else 0
+        """The builtin function a call goes to first (boundary.emit_fast_call), or None where this
+        Python or numpy lacks what it needs: then every call takes the Python path."""
+        address = self._engine.get_function_address(FAST)
         if not address:
             return None
-        _, size, work, _ = self._static_plan
-        self._fast_workspace = np.empty(size, np.uint8) if size else None
-        workspace = self._fast_workspace.ctypes.data if size else None
-        # the builtin keeps alive what its code needs, not this object: no reference cycle
-        return fast_function(address, workspace, work >= PARALLEL_WORK, (self._engine, self._fast_workspace))
+        fast = fast_function(address, PARALLEL_WORK, self._engine)
+        if self._static_plan is not None:
+            give_workspace(fast, self._static_plan[1])
+        return fast
 
     def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float, ctypes.Array]:
         """For these values of the symbolic dims: output shapes, workspace bytes, operation count,
@@ -273,38 +264,15 @@ class NativeFunction:
             POOL.start()
         return threads
 
-    def try_call(self, args: Sequence) -> list[np.ndarray] | None:
-        """The fast path, one native call that checks the arrays itself (see boundary.py); None when
-        it refuses an argument, which the checked path then copies or reports."""
-        if self._call is None or len(args) != self._n_inputs:
-            return None
-        plan = self._static_plan
-        if plan is None:  # sized from the arrays' shapes as they are now; native code checks them again
-            try:
-                plan = self._plan(tuple(args[a].shape[axis] for a, axis in self._binding))
-            except (AttributeError, IndexError, TypeError):
-                return None
-        shapes, size, work, dims = plan
-        try:
-            outputs = [np.empty(shape, dtype) for shape, dtype in shapes]  # each owns its memory
-            workspace = self._workspace(size)
-        except (MemoryError, ValueError):  # shapes from something that is not a real array
-            return None
-        threads = 1 if work < PARALLEL_WORK else self._threads(work)
-        # len(args) was checked above: native code reads exactly that many tuple items
-        if self._call((*args, *outputs), dims, workspace, _RUNTIME_ADDRESS, threads):
-            return None
-        return outputs
-
     def __call__(self, *args: np.ndarray) -> Sequence[np.ndarray]:
         """Check the arguments, then make one native call; returns fresh output arrays."""
-        outputs = self.fast(*args) if self.fast is not None else self.try_call(args)
+        outputs = self.fast(*args) if self.fast is not None else None
         return outputs if outputs is not None else self.checked_call(args)
 
     def hot_path(self) -> Callable[..., Sequence[np.ndarray] | None]:
         """What a caller that has seen these arguments' types before calls first, with the arguments:
         the outputs, or None when it refuses them (then call this object)."""
-        return self.fast if self.fast is not None else lambda *args: self.try_call(args)
+        return self.fast if self.fast is not None else lambda *args: None
 
     def checked_call(self, args: Sequence) -> list[np.ndarray]:
         """The path for anything the fast path refuses: lists, strided or misaligned arrays (copied),
@@ -312,6 +280,8 @@ class NativeFunction:
         arrays, dims = self._check(args)
         shapes, size, work, _ = self._static_plan or self._plan(tuple(dims[:len(self.symbols)]))
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]
+        if self.fast is not None:  # the next call with these dims can take the fast path
+            give_workspace(self.fast, size)
         pointers = self._pointers(*(a.ctypes.data for a in arrays), *(a.ctypes.data for a in outputs))
         self._run(POOL.control_address, self._entry_address, pointers, dims, self._workspace(size),
                   self._threads(work))

@@ -3,14 +3,15 @@
 `gradc_entry(ptr args, ptr dims, ptr workspace, ptr barrier, i64 threads, i64 thread)` takes the
 input and output buffer addresses (inputs first), the values of the symbolic dims, and one workspace
 holding every temporary; it calls the kernels in order, so a compiled call is one native call.
-Python reaches it through `gradc_call` (boundary.py), which checks the numpy arrays natively, or
-through the runtime's `run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
+Python reaches it through `gradc_fast` (boundary.py), a builtin function that checks the numpy
+arrays natively, or through the runtime's `run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
 gives the workspace's size in bytes. Temporaries share workspace slots once their last reader has
 run (see `plan_memory`).
 """
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -26,7 +27,7 @@ from gradc.ir.ops import REDUCTION
 
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
                       partial_parts, product)
-from .boundary import ARRAY_EMPTY, ARRAY_LAYOUT, emit_call, emit_fast_call
+from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
 
 ALIGNMENT = 64
@@ -185,12 +186,16 @@ class ModuleBuilder:
             calls.append(self._output_copy(j, v))
             self.steps.append(f"output{j}.copy")
         entry = self._build_entry(calls)
-        if ARRAY_LAYOUT is not None:
-            emit_call(self.module, self.graph, self.symbols, entry)
-            if ARRAY_EMPTY is not None and not self.symbols:
-                emit_fast_call(self.module, self.graph, entry)
-        self._build_workspace_size()
+        workspace_size = self._build_workspace_size()
+        if ARRAY_EMPTY is not None:
+            work = [(c * _static(f), _symbolic(f)) for c, f in self.work()]
+            emit_fast_call(self.module, self.graph, entry, self.symbols, workspace_size, self._slot_terms(), work)
         return self.module
+
+    def _slot_terms(self) -> list[list[tuple[int, tuple[str, ...]]]]:
+        """Each workspace slot's buffers as (bytes per unit, symbolic factors), for a bound of its size."""
+        return [[(ALIGNMENT + buf.itemsize * _static(buf.factors), _symbolic(buf.factors)) for buf in slot]
+                for slot in self.memory.slots]
 
     def _output_copy(self, j: int, v: Value) -> tuple[ir.Function, list]:
         sources = [] if is_inline(v) else [v]
@@ -253,11 +258,24 @@ class ModuleBuilder:
         b.ret_void()
         return fn
 
-    def _build_workspace_size(self) -> None:
+    def _build_workspace_size(self) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), WORKSPACE_SIZE)
         cold_code(fn)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.ret(self._slot_offsets(b, fn.args[0])[1])
+        return fn
+
+
+def _static(factors: Sequence[Dim]) -> int:
+    n = 1
+    for d in factors:
+        if isinstance(d, int):
+            n *= d
+    return n
+
+
+def _symbolic(factors: Sequence[Dim]) -> tuple[str, ...]:
+    return tuple(d for d in factors if isinstance(d, str))
 
 
 PROFILE = "gradc_profile"

@@ -1,6 +1,6 @@
-"""The native call boundary: gradc_call (symbolic dims) and gradc_fast (static shapes) read numpy
-headers themselves, and refuse what they must not read; the helper threads sleep when idle, wake for
-work, and survive fork()."""
+"""The native call boundary: gradc_fast reads numpy headers itself (binding symbolic dims from
+them), and refuses what it must not read; the helper threads sleep when idle, wake for work, and
+survive fork()."""
 from __future__ import annotations
 
 import ctypes
@@ -61,13 +61,39 @@ def test_headers_read_natively_match_numpy(shape, dtype):
 
 @BOTH
 def test_well_formed_arrays_take_the_native_path(fn):
-    for batch in (0, 1, 7, 64):
+    for batch in (0, 1, 7, 64, 3):
         args = args_for(batch)
         native = native_of(fn, *args)
-        assert (native.fast is None) == (fn is AFFINE)
+        fn(*args)  # the first call with dims this large may need a larger workspace, made in Python
         out = native.hot_path()(*args)
         assert out is not None, f"B={batch}"
         np.testing.assert_allclose(out[0], reference(*args), rtol=1e-12)
+
+
+def test_symbolic_dims_are_bound_and_checked_natively():
+    """B is bound from x; every other extent must agree with the dims bound so far."""
+    W, x, b = args_for(9)
+    AFFINE(W, x, b)
+    fast = native_of(AFFINE, W, x, b).fast
+    assert fast(W, x, b) is not None
+    assert fast(W, x[:4], b) is not None  # a smaller B: the workspace is large enough
+    assert fast(W, np.ones((9, 4)), b) is None  # K differs between W and x
+    assert fast(np.ones((6, 3)), x, b) is None  # M differs between W and b
+
+
+def test_a_workspace_too_small_for_new_dims_sends_the_call_to_python_which_grows_it():
+    rng = np.random.default_rng(3)
+
+    @gc.jit
+    def annotated(x: gc.f64["B", 3]):
+        return gc.tanh(x @ x.T) @ x  # a B x B intermediate: the workspace grows with B
+    small, large = rng.standard_normal((4, 3)), rng.standard_normal((40, 3))
+    annotated(small)
+    fast = annotated.lower().native.fast
+    assert fast(small) is not None
+    assert fast(large) is None  # its B x B intermediate does not fit the workspace sized for B=4
+    np.testing.assert_allclose(annotated(large), np.tanh(large @ large.T) @ large, rtol=1e-12)
+    assert fast(large) is not None  # the Python path left a large enough workspace
 
 
 REFUSED = {
@@ -314,7 +340,7 @@ def test_a_fake_array_with_a_huge_shape_is_refused_before_anything_is_allocated(
         shape = (10 ** 12, 3)
     args = args_for(4)
     AFFINE(*args)
-    assert native_of(AFFINE, *args).try_call((args[0], Impostor(), args[2])) is None
+    assert native_of(AFFINE, *args).hot_path()(args[0], Impostor(), args[2]) is None
     with pytest.raises((TypeError, ValueError)):
         AFFINE(args[0], Impostor(), args[2])
 
@@ -362,3 +388,16 @@ def test_the_builtin_keeps_its_code_alive_without_a_reference_cycle():
     finally:
         collector.enable()
     np.testing.assert_allclose(fast(*args)[0], reference(*args), rtol=1e-12)
+
+
+def test_without_the_builtin_every_call_takes_the_python_path(monkeypatch):
+    """Where the header layouts or PyArray_Empty were not recognised, calls still work, in Python."""
+    import gradc.backends.llvm as lowering
+    monkeypatch.setattr(lowering, "ARRAY_EMPTY", None)
+    f = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b))
+    for batch in (3, 5, 3):
+        args = args_for(batch)
+        np.testing.assert_allclose(f(*args), reference(*args), rtol=1e-12)
+        assert f.lower(*args).native.fast is None
+    with pytest.raises((TypeError, ValueError)):
+        f(args[0], args[1].astype(np.float32), args[2])
