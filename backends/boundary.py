@@ -38,10 +38,10 @@ I8, I32, I64, F64 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.DoubleType
 PTR = ir.PointerType(I8)
 C_CONTIGUOUS_AND_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 (RUNTIME_ARRAY_TYPE, RUNTIME_F32, RUNTIME_F64, RUNTIME_CONTROL, RUNTIME_NONE, RUNTIME_INCREF, RUNTIME_DECREF,
- RUNTIME_TUPLE_NEW, RUNTIME_SAVE_THREAD, RUNTIME_RESTORE_THREAD, RUNTIME_ARRAY_EMPTY) = range(11)
+ RUNTIME_TUPLE_NEW, RUNTIME_SAVE_THREAD, RUNTIME_RESTORE_THREAD, RUNTIME_ARRAY_EMPTY, RUNTIME_PARALLEL_WORK) = range(12)
 FAST = "gradc_fast"
 # a fast entry's context: int64 words, the first item of the tuple that is its `self`
-CONTEXT_RUNTIME, CONTEXT_WORKSPACE, CONTEXT_CAPACITY, CONTEXT_BUSY, CONTEXT_THRESHOLD = range(5)
+CONTEXT_RUNTIME, CONTEXT_WORKSPACE, CONTEXT_CAPACITY, CONTEXT_BUSY = range(4)
 METH_FASTCALL = 0x0080
 DTYPE_SLOTS = {"f32": RUNTIME_F32, "f64": RUNTIME_F64}
 
@@ -131,7 +131,7 @@ def _array_empty() -> int | None:
 PYTHON_C_FUNCTIONS = _python_c_functions() if ARRAY_LAYOUT is not None else None
 ARRAY_EMPTY = _array_empty() if PYTHON_C_FUNCTIONS is not None else None
 """Where None, no function has a gradc_fast: every call takes the Python path."""
-RUNTIME = np.zeros(11, np.int64)
+RUNTIME = np.zeros(12, np.int64)
 RUNTIME[RUNTIME_ARRAY_TYPE] = id(np.ndarray)
 RUNTIME[RUNTIME_F32] = id(np.dtype(np.float32))  # the dtype singletons numpy gives its arrays
 RUNTIME[RUNTIME_F64] = id(np.dtype(np.float64))
@@ -141,6 +141,10 @@ for _slot, _address in (PYTHON_C_FUNCTIONS or {}).items():
     if _slot >= 0:
         RUNTIME[_slot] = _address
 RUNTIME[RUNTIME_ARRAY_EMPTY] = ARRAY_EMPTY or 0
+PARALLEL_WORK = RUNTIME[RUNTIME_PARALLEL_WORK:RUNTIME_PARALLEL_WORK + 1].view(np.float64)
+"""[operations]: a call of fewer runs on one thread (waking a helper would cost more than it saves);
+one setting for native and Python callers (tests lower it to 0 with monkeypatch.setitem)."""
+PARALLEL_WORK[0] = 4e6
 
 
 def _word(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
@@ -225,7 +229,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
 
     `slot_bytes`: each workspace slot's buffers in bytes, as terms (a bound of the workspace that
     cannot wrap: dims for which it reaches 2^61 bytes go to Python, which raises MemoryError);
-    `work`: the operation count deciding the thread count (against CONTEXT_THRESHOLD).
+    `work`: the operation count deciding the thread count (against PARALLEL_WORK).
     """
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     fn = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR, I64]), FAST)
@@ -278,7 +282,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
     needed = b.call(workspace_size, [dims_pointer])
     refusals.require(b.icmp_unsigned("<=", needed, b.load(context_word(CONTEXT_CAPACITY))), 0)
 
-    threshold = b.bitcast(b.load(context_word(CONTEXT_THRESHOLD)), F64)
+    threshold = b.bitcast(runtime_word(RUNTIME_PARALLEL_WORK), F64)
     parallel = b.fcmp_ordered(">=", _polynomial(b, dims, work), threshold)
     control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
     ready = b.load(b.bitcast(b.gep(control, [ir.Constant(I64, READY * LINE)], inbounds=True), I64.as_pointer()))
@@ -346,16 +350,15 @@ def _free_workspaces_after_fork() -> None:
 after_fork_in_child(_free_workspaces_after_fork)
 
 
-def fast_function(address: int, threshold: float, engine: object):
-    """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call), whose
-    calls of at least `threshold` operations use the helper threads. It keeps `engine` (which holds
-    the code) and its workspace (see `give_workspace`; none yet) alive, not the NativeFunction."""
+def fast_function(address: int, engine: object):
+    """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call). It keeps
+    `engine` (which holds the code) and its workspace (see `give_workspace`; none yet) alive, not
+    the NativeFunction."""
     new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
                                      ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
-    context = np.zeros(5, np.int64)
+    context = np.zeros(4, np.int64)
     _contexts[id(context)] = context
     context[CONTEXT_RUNTIME] = RUNTIME.ctypes.data
-    context[CONTEXT_THRESHOLD:CONTEXT_THRESHOLD + 1].view(np.float64)[0] = threshold
     method = _MethodDef(b"gradc_fast", address, METH_FASTCALL, None)
     return new_function(ctypes.byref(method), (context, [engine, None], method), None)
 

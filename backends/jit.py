@@ -15,11 +15,10 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import FAST, fast_function, give_workspace
+from .boundary import FAST, PARALLEL_WORK, fast_function, give_workspace
 from .llvm import ENTRY, PROFILE, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
-PARALLEL_WORK = 4e6
 _NO_DIMS = (ctypes.c_int64 * 1)()  # functions without symbolic dims read none
 _MAX_PLANS = 64  # call plans kept per function with symbolic dims, one per distinct set of dims
 
@@ -128,7 +127,7 @@ class NativeFunction:
         address = self._engine.get_function_address(FAST)
         if not address:
             return None
-        fast = fast_function(address, PARALLEL_WORK, self._engine)
+        fast = fast_function(address, self._engine)
         if self._static_plan is not None:
             give_workspace(fast, self._static_plan[1])
         return fast
@@ -177,7 +176,7 @@ class NativeFunction:
 
     def threads_for(self, args: Sequence) -> int:
         """How many threads a call with these arguments runs on."""
-        return POOL.threads if self._work(self.dims_of(args)) >= PARALLEL_WORK else 1
+        return POOL.threads if self._work(self.dims_of(args)) >= PARALLEL_WORK[0] else 1
 
     def step_times(self, reset: bool = False) -> list[float]:
         """Seconds spent so far in each step (`steps`: kernels, combine steps, output copies), each
@@ -258,7 +257,7 @@ class NativeFunction:
     def _threads(self, work: float) -> int:
         # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
         threads = POOL.threads
-        if work < PARALLEL_WORK or threads < 2:
+        if work < PARALLEL_WORK[0] or threads < 2:
             return 1
         if not POOL.started:
             POOL.start()

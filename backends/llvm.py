@@ -25,7 +25,7 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines,
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunks,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
@@ -144,11 +144,16 @@ class ModuleBuilder:
             if mm is not None:  # the GEMM's packed panels of B (and of a transposed A)
                 a, b = mm.operands
                 kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
-                factors = pack_elements(kdim, mm.result.type.shape[1], transpose_a=mm.attrs["transpose_a"])
+                chunks = k_chunks(k)
+                factors = pack_elements(-(-kdim // chunks) if chunks > 1 else kdim, mm.result.type.shape[1],
+                                        transpose_a=mm.attrs["transpose_a"])
                 copies = (MAX_THREADS,)  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
-                if combines(k):  # a partial result per part and reduction (parts: at most a row or column each)
+                if chunks > 1:  # a partial output per chunk of K
+                    buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (chunks,) + tuple(mm.result.type.shape),
+                                                            itemsize, scratch=True)))
+                elif combines(k):  # a partial result per part and reduction (parts: at most a row or column each)
                     reductions = sum(op.opdef.kind == REDUCTION for op in k.ops)
                     along = mm.result.type.shape[partial_parts(k)[0]]
                     buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (along, reductions), itemsize,

@@ -254,8 +254,8 @@ def _sleepers() -> int:
     return ctypes.c_int64.from_address(POOL.control_address + SLEEPERS * LINE).value
 
 
-def test_idle_helpers_sleep_and_wake_for_the_next_call(monkeypatch):
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+def test_idle_helpers_sleep_and_wake_for_the_next_call(parallel_work):
+    parallel_work(0.0)
     args = args_for(300, 200, 100)
     want = reference(*args)
     np.testing.assert_allclose(AFFINE(*args), want, rtol=1e-12)
@@ -269,14 +269,14 @@ def test_idle_helpers_sleep_and_wake_for_the_next_call(monkeypatch):
 
 
 def _parallel_call_in_child(queue, fn) -> None:
-    jit.PARALLEL_WORK = 0.0
+    jit.PARALLEL_WORK[0] = 0.0
     args = args_for(300, 200, 100)
     queue.put(float(np.max(np.abs(fn(*args) - reference(*args)))))
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["symbolic", "static"])
-def test_parallel_calls_work_in_a_forked_child(monkeypatch, static):
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+def test_parallel_calls_work_in_a_forked_child(parallel_work, static):
+    parallel_work(0.0)
     fn = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b)) if static else AFFINE
     fn(*args_for(300, 200, 100))  # the parent's helpers are running
     context = multiprocessing.get_context("fork")
@@ -289,8 +289,8 @@ def test_parallel_calls_work_in_a_forked_child(monkeypatch, static):
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["symbolic", "static"])
-def test_the_thread_count_can_be_set_and_never_changes_results(monkeypatch, static):
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+def test_the_thread_count_can_be_set_and_never_changes_results(parallel_work, static):
+    parallel_work(0.0)
     fn = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b)) if static else AFFINE
     args = args_for(300, 200, 100)
     before = gc.get_num_threads()
@@ -314,7 +314,7 @@ import numpy as np, gradc as gc, gradc.backends.jit as jit, gradc.backends.threa
 threads.SPIN_ROUNDS = 10 ** 12  # helpers still spin, in code of the threads engine, when Python exits
 if sys.argv[1:] == ["no-stop"]:
     atexit.unregister(threads.POOL.stop)
-jit.PARALLEL_WORK = 0.0
+jit.PARALLEL_WORK[0] = 0.0
 a = np.ones((300, 200))
 f = gc.jit(lambda a: gc.tanh(a @ a.T))
 for _ in range(3):
@@ -351,7 +351,7 @@ def test_a_stopped_pool_runs_calls_on_one_thread(monkeypatch):
     import sys
     script = ("import numpy as np, gradc as gc, gradc.backends.jit as jit\n"
               "from gradc.backends.threads import POOL\n"
-              "jit.PARALLEL_WORK = 0.0\n"
+              "jit.PARALLEL_WORK[0] = 0.0\n"
               "a = np.ones((300, 200)); f = gc.jit(lambda a: gc.tanh(a @ a.T)); want = f(a)\n"
               "POOL.stop(); gc.set_num_threads(2)\n"
               "assert (f(a) == want).all() and gc.get_num_threads() == 1\n"

@@ -52,30 +52,30 @@ def flatten(result):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_parallel_results_are_bitwise_those_of_one_thread(monkeypatch, case, dtype):
+def test_parallel_results_are_bitwise_those_of_one_thread(parallel_work, case, dtype):
     fn, shapes = CASES[case]
     args = arguments(shapes, dtype)
-    monkeypatch.setattr(jit, "PARALLEL_WORK", float("inf"))
+    parallel_work(float("inf"))
     single = flatten(fn(*args))
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    parallel_work(0.0)
     assert POOL.threads >= 2, "the machine these tests run on has two cores"
     for _ in range(5):
         for a, b in zip(single, flatten(fn(*args))):
             np.testing.assert_array_equal(a, b)
 
 
-def test_parallel_results_match_the_interpreter(monkeypatch):
+def test_parallel_results_match_the_interpreter(parallel_work):
     fn, shapes = CASES["mlp"]
     args = arguments(shapes, np.float64)
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    parallel_work(0.0)
     lowered = fn.lower(*args)
     for got, want in zip(lowered.native(*args), interpret(lowered.graphs["optimized"], *args)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_callers_on_many_threads_share_the_helpers_safely(monkeypatch):
+def test_callers_on_many_threads_share_the_helpers_safely(parallel_work):
     """Four Python threads call at once: one gets the helper threads, the others run alone."""
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    parallel_work(0.0)
     fn, shapes = CASES["seed"]
     inputs = [arguments(shapes, np.float64) for _ in range(8)]
     expected = [flatten(fn(*a)) for a in inputs]
@@ -100,7 +100,7 @@ def test_callers_on_many_threads_share_the_helpers_safely(monkeypatch):
     assert len(results) == len(inputs)
 
 
-def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(monkeypatch):
+def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(parallel_work):
     """The seed loss kernel (h = g Vᵀ, then mean((h − y)²)) runs on both cores: its reduction is summed
     per panel of columns, and the panels in order, so one or two threads give the same bits."""
     from gradc.backends.codegen import combines, is_parallel
@@ -109,9 +109,9 @@ def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(monkeypat
     lowered = fn.lower(*args)
     loss_kernels = [k for k in lowered.fusion.kernels if k.matmul is not None and k.reduced is not None]
     assert loss_kernels and all(is_parallel(k) and combines(k) for k in loss_kernels)
-    monkeypatch.setattr(jit, "PARALLEL_WORK", float("inf"))
+    parallel_work(float("inf"))
     single = flatten(fn(*args))
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    parallel_work(0.0)
     for a, b in zip(single, flatten(fn(*args))):
         np.testing.assert_array_equal(a, b)
     want = np.mean((1 / (1 + np.exp(-(args[2].astype(np.float64) @ args[0].T))) @ args[1].T - args[3]) ** 2)
@@ -119,18 +119,49 @@ def test_a_matmul_kernel_that_reduces_its_output_splits_across_threads(monkeypat
 
 
 @pytest.mark.parametrize("columns", [7, 300])
-def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(monkeypatch, columns):
+def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(parallel_work, columns):
     """Few columns: threads split rows, partial results per row block; many: columns, per panel."""
     from gradc.backends.codegen import combines, split_rows
     fn = gc.jit(lambda a, b: (gc.sum(gc.tanh(a @ b)), gc.max(a @ b)))
     a, b = RNG.standard_normal((211, 45)), RNG.standard_normal((45, columns))
     (kernel,) = [k for k in fn.lower(a, b).fusion.kernels if k.matmul is not None]
     assert combines(kernel) and split_rows(kernel) == (columns == 7)
-    monkeypatch.setattr(jit, "PARALLEL_WORK", float("inf"))
+    parallel_work(float("inf"))
     single = fn(a, b)
-    monkeypatch.setattr(jit, "PARALLEL_WORK", 0.0)
+    parallel_work(0.0)
     for _ in range(3):
         for x, y in zip(single, fn(a, b)):
             np.testing.assert_array_equal(x, y)
     np.testing.assert_allclose(single[0], np.tanh(a @ b).sum(), rtol=1e-10)
     np.testing.assert_allclose(single[1], (a @ b).max(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1024, 3001, 10_000])
+def test_weight_gradients_split_by_k_give_the_same_bits_on_any_thread_count(parallel_work, dtype, k):
+    """dW = dYᵀ X of a narrow layer over a long batch: threads share chunks of K (k_chunks); the
+    chunks are fixed by the shape and summed in order, so one and two threads agree bit for bit."""
+    from gradc.backends.codegen import MAX_K_CHUNKS, k_chunks
+    dy, x = RNG.standard_normal((k, 10)).astype(dtype), RNG.standard_normal((k, 33)).astype(dtype)
+    fn = gc.jit(lambda dy, x: dy.T @ x)
+    (kernel,) = fn.lower(dy, x).fusion.kernels
+    assert k_chunks(kernel) == min(MAX_K_CHUNKS, k // 512)
+    parallel_work(float("inf"))
+    single = fn(dy, x)
+    parallel_work(0.0)
+    for _ in range(3):
+        np.testing.assert_array_equal(fn(dy, x), single)
+    want = dy.astype(np.float64).T @ x.astype(np.float64)
+    np.testing.assert_allclose(single, want, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-11) * np.abs(want).max())
+
+
+def test_a_training_step_with_a_long_batch_splits_its_weight_gradients_by_k(parallel_work):
+    from gradc.backends.codegen import k_chunks
+    parallel_work(0.0)
+    U, V, x, y = (RNG.standard_normal(s) for s in [(32, 64), (10, 32), (2048, 64), (2048, 10)])
+    step = gc.value_and_grad(seed_loss, wrt=("U", "V"))
+    lowered = step.lower(U, V, x, y)
+    assert sum(k_chunks(k) > 1 for k in lowered.fusion.kernels) == 2  # dU and dV
+    L, (dU, dV) = step(U, V, x, y)
+    for got, want in zip((L, dU, dV), interpret(lowered.graphs["optimized"], U, V, x, y)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
