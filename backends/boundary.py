@@ -143,7 +143,8 @@ for _slot, _address in (PYTHON_C_FUNCTIONS or {}).items():
 RUNTIME[RUNTIME_ARRAY_EMPTY] = ARRAY_EMPTY or 0
 PARALLEL_WORK = RUNTIME[RUNTIME_PARALLEL_WORK:RUNTIME_PARALLEL_WORK + 1].view(np.float64)
 """[operations]: a call of fewer runs on one thread (waking a helper would cost more than it saves);
-one setting for native and Python callers (tests lower it to 0 with monkeypatch.setitem)."""
+one setting, in RUNTIME, for native and Python callers: assign PARALLEL_WORK[0] (tests use the
+`parallel_work` fixture), never rebind the name."""
 PARALLEL_WORK[0] = 4e6
 
 
@@ -203,13 +204,18 @@ def _runtime_words(b: ir.IRBuilder, runtime: ir.Value):
 Terms = list  # [(coefficient, (symbol names...))]: a polynomial in the symbolic dims
 
 
-def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: Terms) -> ir.Value:
-    """Σ coefficient × Π dims, in double precision: never wraps, unlike 64-bit integers."""
+def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: Terms, at_least_one: bool = False) -> ir.Value:
+    """Σ coefficient × Π dims, in double precision: never wraps, unlike 64-bit integers.
+    `at_least_one`: a dim of 0 counts as 1, so that a bound of the products' partial results
+    (which 64-bit code may form before it meets the zero) does not vanish."""
     total = ir.Constant(F64, 0.0)
     for coefficient, factors in terms:
         term = ir.Constant(F64, float(coefficient))
         for d in factors:
-            term = b.fmul(term, b.uitofp(dims[d], F64))
+            value = dims[d]
+            if at_least_one:
+                value = b.select(b.icmp_unsigned("==", value, ir.Constant(I64, 0)), ir.Constant(I64, 1), value)
+            term = b.fmul(term, b.uitofp(value, F64))
         total = b.fadd(total, term)
     return total
 
@@ -222,8 +228,8 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
     tuple. It returns None, refusing, when an argument (or the argument count) does not fit, when
     another thread is using its workspace or the workspace is too small for these dims, or when
     the helper threads it needs have not been started: the caller then takes the Python path,
-    which reports, copies, allocates or starts what is needed. NULL, with Python's error set, when
-    numpy cannot allocate an output.
+    which reports, copies, allocates or starts what is needed. NULL, with numpy's error set
+    (MemoryError, or ValueError for an impossible size), when numpy cannot make an output.
 
         ptr gradc_fast(ptr self, ptr args, i64 nargs)     self = (context, owner, method)
 
@@ -276,7 +282,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
     if symbols:
         bound = ir.Constant(F64, 0.0)
         for terms in slot_bytes:  # a slot's largest buffer, bounded by the sum of its buffers
-            bound = b.fadd(bound, _polynomial(b, dims, terms))
+            bound = b.fadd(bound, _polynomial(b, dims, terms, at_least_one=True))
         refusals.require(b.fcmp_ordered("<", bound, ir.Constant(F64, 2.0 ** 61)), 0)
     dims_pointer = b.bitcast(dims_area, PTR)
     needed = b.call(workspace_size, [dims_pointer])
@@ -352,7 +358,7 @@ after_fork_in_child(_free_workspaces_after_fork)
 
 def fast_function(address: int, engine: object):
     """A Python builtin function calling `gradc_fast` at `address` (see emit_fast_call). It keeps
-    `engine` (which holds the code) and its workspace (see `give_workspace`; none yet) alive, not
+    `engine` (which holds the code) and its workspace (see `claim_workspace`; none yet) alive, not
     the NativeFunction."""
     new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
                                      ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
@@ -363,12 +369,23 @@ def fast_function(address: int, engine: object):
     return new_function(ctypes.byref(method), (context, [engine, None], method), None)
 
 
-def give_workspace(fast, size: int) -> None:
-    """Let the builtin `fast` use a workspace of `size` bytes from now on, if its own is smaller
-    and no call is using it. Only with the GIL held: a call claims the workspace with the GIL held,
-    and gives it back before returning, so none can claim it meanwhile."""
+def claim_workspace(fast, size: int) -> int | None:
+    """For a call from Python: the address of the builtin `fast`'s workspace, grown to `size` bytes
+    if need be (the next native call then fits too), claimed until `release_workspace`; None when
+    a call is using it or it cannot grow. Only with the GIL held: native calls claim and release it
+    with the GIL held too."""
     context, keep, _ = fast.__self__
-    if context[CONTEXT_BUSY] or context[CONTEXT_CAPACITY] >= size:
-        return
-    keep[1] = buffer = np.empty(size, np.uint8)
-    context[CONTEXT_WORKSPACE], context[CONTEXT_CAPACITY] = buffer.ctypes.data, size
+    if context[CONTEXT_BUSY]:
+        return None
+    if context[CONTEXT_CAPACITY] < size:
+        try:
+            keep[1] = buffer = np.empty(size, np.uint8)
+        except MemoryError:
+            return None
+        context[CONTEXT_WORKSPACE], context[CONTEXT_CAPACITY] = buffer.ctypes.data, size
+    context[CONTEXT_BUSY] = 1
+    return int(context[CONTEXT_WORKSPACE])
+
+
+def release_workspace(fast) -> None:
+    fast.__self__[0][CONTEXT_BUSY] = 0

@@ -15,7 +15,7 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import FAST, PARALLEL_WORK, fast_function, give_workspace
+from .boundary import FAST, PARALLEL_WORK, claim_workspace, fast_function, release_workspace
 from .llvm import ENTRY, PROFILE, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
@@ -128,8 +128,8 @@ class NativeFunction:
         if not address:
             return None
         fast = fast_function(address, self._engine)
-        if self._static_plan is not None:
-            give_workspace(fast, self._static_plan[1])
+        if self._static_plan is not None and claim_workspace(fast, self._static_plan[1]) is not None:
+            release_workspace(fast)  # sized now: the first call can take the fast path
         return fast
 
     def _plan(self, dims: tuple[int, ...]) -> tuple[list[tuple[tuple, np.dtype]], int, float, ctypes.Array]:
@@ -279,9 +279,14 @@ class NativeFunction:
         arrays, dims = self._check(args)
         shapes, size, work, _ = self._static_plan or self._plan(tuple(dims[:len(self.symbols)]))
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]
-        if self.fast is not None:  # the next call with these dims can take the fast path
-            give_workspace(self.fast, size)
         pointers = self._pointers(*(a.ctypes.data for a in arrays), *(a.ctypes.data for a in outputs))
-        self._run(POOL.control_address, self._entry_address, pointers, dims, self._workspace(size),
-                  self._threads(work))
+        # the builtin's workspace, grown for these dims (so the next call fits), unless a call is
+        # using it: then this thread's own
+        claimed = claim_workspace(self.fast, size) if self.fast is not None else None
+        try:
+            workspace = (claimed or None) if claimed is not None else self._workspace(size)
+            self._run(POOL.control_address, self._entry_address, pointers, dims, workspace, self._threads(work))
+        finally:
+            if claimed is not None:
+                release_workspace(self.fast)
         return outputs

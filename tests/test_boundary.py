@@ -94,6 +94,8 @@ def test_a_workspace_too_small_for_new_dims_sends_the_call_to_python_which_grows
     assert fast(large) is None  # its B x B intermediate does not fit the workspace sized for B=4
     np.testing.assert_allclose(annotated(large), np.tanh(large @ large.T) @ large, rtol=1e-12)
     assert fast(large) is not None  # the Python path left a large enough workspace
+    native = annotated.lower().native
+    assert getattr(native._per_thread, "buffer", None) is None, "a second workspace was kept"
 
 
 REFUSED = {
