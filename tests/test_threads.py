@@ -165,3 +165,25 @@ def test_a_training_step_with_a_long_batch_splits_its_weight_gradients_by_k(para
     L, (dU, dV) = step(U, V, x, y)
     for got, want in zip((L, dU, dV), interpret(lowered.graphs["optimized"], U, V, x, y)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_narrow_layer_over_a_symbolic_batch_splits_rows_with_the_same_bits(parallel_work):
+    """Annotated with a symbolic batch, a layer of fewer columns than threads still shares its rows
+    (and its loss's partial results per row block) between the threads."""
+    from gradc.backends.codegen import split_rows
+
+    def loss(U: gc.f64[32, 64], V: gc.f64[10, 32], x: gc.f64["B", 64], y: gc.f64["B", 10]):
+        return seed_loss(U, V, x, y)
+    step = gc.value_and_grad(loss, wrt=("U", "V"))
+    lowered = step.lower()
+    assert any(k.matmul is not None and split_rows(k) for k in lowered.fusion.kernels)
+    for batch in (1, 7, 300):
+        args = [RNG.standard_normal(s) for s in [(32, 64), (10, 32), (batch, 64), (batch, 10)]]
+        parallel_work(float("inf"))
+        single = flatten(step(*args))
+        parallel_work(0.0)
+        for _ in range(3):
+            for a, b in zip(single, flatten(step(*args))):
+                np.testing.assert_array_equal(a, b)
+        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
