@@ -276,18 +276,27 @@ def k_chunks(kernel: Kernel) -> int:
     Split by K, each thread packs and multiplies its chunks only, into partial outputs (in
     `partials`), which the combine step adds in chunk order. The count depends on the shape only,
     so the bits never depend on the threads. (Measured, seed step with B=4096 on two threads: dV,
-    10 x 32, 80 -> 45 µs; dU, 32 x 64, 207 -> 137 µs; the step 571 -> 490 µs.)"""
+    10 x 32, 80 -> 45 µs; dU, 32 x 64, 207 -> 137 µs; the step 571 -> 490 µs; annotated with a
+    symbolic B, which also splits its narrow GEMMs by rows now, 795 -> 450 µs.)
+    With a symbolic K (an annotated batch), the count is worked out per call, the same way
+    (clamped to 1..MAX_K_CHUNKS), and this returns MAX_K_CHUNKS: the partial outputs there are room for."""
     mm = kernel.matmul
     if mm is None or kernel.ops != [mm] or kernel.writes != [mm.result] or kernel.reduced is not None:
         return 1
     if not mm.attrs["transpose_a"] or mm.attrs["transpose_b"]:
         return 1  # a K range of Aᵀ (K x M) and B (K x N) is a run of their rows
     (m, n), k = mm.result.type.shape, mm.operands[0].type.shape[0]
-    if not all(isinstance(d, int) for d in (m, n, k)):
+    if not (isinstance(m, int) and isinstance(n, int)) or min(m, n) > 64 or m * n > 65536:
         return 1
-    if min(m, n) > 64 or m * n > 65536 or k < 2 * K_CHUNK:
-        return 1
-    return min(MAX_K_CHUNKS, k // K_CHUNK)
+    if not isinstance(k, int):
+        return MAX_K_CHUNKS
+    return max(1, min(MAX_K_CHUNKS, k // K_CHUNK)) if k >= 2 * K_CHUNK else 1
+
+
+def k_chunk_rows(kernel: Kernel) -> Dim:
+    """The most rows of Aᵀ and B one of a `k_chunks` kernel's chunks takes (what its packing needs)."""
+    k = kernel.matmul.operands[0].type.shape[0]
+    return -(-k // k_chunks(kernel)) if isinstance(k, int) else k
 
 
 def combines(kernel: Kernel) -> bool:
@@ -508,10 +517,9 @@ class KernelEmitter(FunctionBuilder):
         mm, bld = self.kernel.matmul, self.b
         a, b = mm.operands
         m, n = mm.result.type.shape
-        chunks = k_chunks(self.kernel)
-        per_chunk = -(-a.type.shape[0] // chunks)
-        pack = self.element(self.scratch, bld.mul(self.size(pack_elements(per_chunk, n, transpose_a=True)),
-                                                  self.thread), fty)
+        chunks, per_chunk = self._chunking(K)
+        pack = self.element(self.scratch, bld.mul(self.size(pack_elements(k_chunk_rows(self.kernel), n,
+                                                                          transpose_a=True)), self.thread), fty)
         columns = self.entry_alloca(I64, "N")
         bld.store(N, columns)
         epilogue = store_epilogue(self.fn.module, fty)
@@ -519,17 +527,28 @@ class KernelEmitter(FunctionBuilder):
 
         def chunk(c: ir.Value) -> None:
             with bld.if_then(bld.icmp_unsigned("==", bld.urem(c, self.threads), self.thread)):
-                k0 = bld.mul(c, ir.Constant(I64, per_chunk))
-                k1 = bld.select(bld.icmp_unsigned("<", bld.add(k0, ir.Constant(I64, per_chunk)), K),
-                                bld.add(k0, ir.Constant(I64, per_chunk)), K)
+                k0 = bld.mul(c, per_chunk)
+                k1 = bld.select(bld.icmp_unsigned("<", bld.add(k0, per_chunk), K), bld.add(k0, per_chunk), K)
                 out = self.element(self.partials, bld.mul(c, ir.Constant(I64, m * n)), fty)
                 context = store_context(bld, self.entry_alloca, [out, columns])
                 a_rows = self.element(self.pointer[a], bld.mul(k0, M), fty)
                 b_rows = self.element(self.pointer[b], bld.mul(k0, N), fty)
                 emit_gemm_call(bld, fty, a_rows, b_rows, pack, M, N, bld.sub(k1, k0), True, False, epilogue,
                                context, zero, N, zero, M)
-        self.loop(ir.Constant(I64, chunks), chunk, "kchunk")
+        self.loop(chunks, chunk, "kchunk")
         cold_code(self.fn)
+
+    def _chunking(self, K: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """A `k_chunks` kernel's chunk count and rows per chunk (the last may have fewer): fixed
+        by its static K, else clamp(K / K_CHUNK, 1, MAX_K_CHUNKS) per call."""
+        bld, k = self.b, self.kernel.matmul.operands[0].type.shape[0]
+        if isinstance(k, int):
+            return ir.Constant(I64, k_chunks(self.kernel)), ir.Constant(I64, k_chunk_rows(self.kernel))
+        chunks = bld.udiv(K, ir.Constant(I64, K_CHUNK))
+        chunks = bld.select(bld.icmp_unsigned("<", chunks, ir.Constant(I64, 1)), ir.Constant(I64, 1), chunks)
+        chunks = bld.select(bld.icmp_unsigned(">", chunks, ir.Constant(I64, MAX_K_CHUNKS)),
+                            ir.Constant(I64, MAX_K_CHUNKS), chunks)
+        return chunks, bld.udiv(bld.add(K, bld.sub(chunks, ir.Constant(I64, 1))), chunks)
 
     def emit_tile(self, stride: int) -> None:
         """The body of a matmul kernel's tile callback: the fused ops on each element of a finished
@@ -574,16 +593,22 @@ class KernelEmitter(FunctionBuilder):
         """The reductions of a `combines` kernel: its parts' partial results in order, then the ops
         after the reductions; or, split into `k_chunks`, the sum of its partial outputs in order."""
         bld, shape = self.b, self.kernel.matmul.result.type.shape
-        chunks = k_chunks(self.kernel)
-        if chunks > 1:
-            fty, size = FLOAT_TYPES[self.kernel.matmul.result.type.dtype], shape[0] * shape[1]
+        if k_chunks(self.kernel) > 1:
+            mm = self.kernel.matmul
+            fty, size = FLOAT_TYPES[mm.result.type.dtype], shape[0] * shape[1]
+            chunks, _ = self._chunking(self.size([mm.operands[0].type.shape[0]]))
+            out = self.pointer[mm.result]
 
-            def element(e: ir.Value) -> None:
-                total = bld.load(self.element(self.partials, e, fty))
-                for c in range(1, chunks):
-                    total = bld.fadd(total, bld.load(self.element(self.partials, bld.add(e, ir.Constant(I64, c * size)), fty)))
-                bld.store(total, self.element(self.pointer[self.kernel.matmul.result], e, fty))
-            self.loop(ir.Constant(I64, size), element, "element")
+            def add(c: ir.Value) -> None:  # chunk by chunk, in order: out = ((p0 + p1) + p2) + ...
+                base = bld.mul(c, ir.Constant(I64, size))
+
+                def element(e: ir.Value) -> None:
+                    part = bld.load(self.element(self.partials, bld.add(base, e), fty))
+                    first = bld.icmp_unsigned("==", c, ir.Constant(I64, 0))
+                    total = bld.select(first, part, bld.fadd(bld.load(self.element(out, e, fty)), part))
+                    bld.store(total, self.element(out, e, fty))
+                self.loop(ir.Constant(I64, size), element, "element")
+            self.loop(chunks, add, "chunk")
             return
         axis, step = partial_parts(self.kernel)
         along, across = self.size([shape[axis]]), self.size([shape[1 - axis]])

@@ -25,7 +25,7 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunks,
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
@@ -145,7 +145,7 @@ class ModuleBuilder:
                 a, b = mm.operands
                 kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
                 chunks = k_chunks(k)
-                factors = pack_elements(-(-kdim // chunks) if chunks > 1 else kdim, mm.result.type.shape[1],
+                factors = pack_elements(k_chunk_rows(k) if chunks > 1 else kdim, mm.result.type.shape[1],
                                         transpose_a=mm.attrs["transpose_a"])
                 copies = (MAX_THREADS,)  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize

@@ -188,3 +188,23 @@ def test_a_narrow_layer_over_a_symbolic_batch_splits_rows_with_the_same_bits(par
                 np.testing.assert_array_equal(a, b)
         for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_weight_gradient_over_a_symbolic_batch_splits_k_per_call(parallel_work):
+    """With B symbolic the chunk count is worked out per call from B alone: any batch, same bits
+    on one and two threads, 0 for an empty batch."""
+    from gradc.backends.codegen import MAX_K_CHUNKS, k_chunks
+
+    @gc.jit
+    def weight_gradient(dy: gc.f32["B", 10], x: gc.f32["B", 33]):
+        return dy.T @ x
+    (kernel,) = weight_gradient.lower().fusion.kernels
+    assert k_chunks(kernel) == MAX_K_CHUNKS
+    for batch in (0, 1, 700, 1024, 3001, 9000):
+        dy, x = (RNG.standard_normal((batch, d)).astype(np.float32) for d in (10, 33))
+        parallel_work(float("inf"))
+        single = weight_gradient(dy, x)
+        parallel_work(0.0)
+        np.testing.assert_array_equal(weight_gradient(dy, x), single)
+        want = dy.astype(np.float64).T @ x.astype(np.float64)
+        np.testing.assert_allclose(single, want, rtol=0, atol=1e-4 * max(np.abs(want).max(initial=0), 1))
