@@ -154,17 +154,17 @@ def _word(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type) -> ir.Value:
 
 def _check_headers(b: ir.IRBuilder, items: list[ir.Value], graph: Graph, runtime_word, require) -> list[ir.Value]:
     """Check each input object's type, dtype, rank and flags as the Python path would (see the
-    module docstring); `require(ok, number)` branches away when an input is refused. Returns
+    module docstring); `require(ok)` branches away when an input is refused. Returns
     each input's shape (extents), safe to read once these checks passed."""
     layout, shapes = ARRAY_LAYOUT, []
     array_type = runtime_word(RUNTIME_ARRAY_TYPE)
-    for i, (obj, v) in enumerate(zip(items, graph.inputs), start=1):
+    for obj, v in zip(items, graph.inputs):
         t = v.type
-        require(b.icmp_unsigned("==", _word(b, obj, layout.type, I64), array_type), i)  # exactly ndarray
-        require(b.icmp_unsigned("==", _word(b, obj, layout.descr, I64), runtime_word(DTYPE_SLOTS[t.dtype])), i)
-        require(b.icmp_signed("==", _word(b, obj, layout.ndim, I32), ir.Constant(I32, t.rank)), i)
+        require(b.icmp_unsigned("==", _word(b, obj, layout.type, I64), array_type))  # exactly ndarray
+        require(b.icmp_unsigned("==", _word(b, obj, layout.descr, I64), runtime_word(DTYPE_SLOTS[t.dtype])))
+        require(b.icmp_signed("==", _word(b, obj, layout.ndim, I32), ir.Constant(I32, t.rank)))
         flags = b.and_(_word(b, obj, layout.flags, I32), ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED))
-        require(b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED)), i)
+        require(b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_AND_ALIGNED)))
         shapes.append(b.bitcast(_word(b, obj, layout.shape, PTR), I64.as_pointer()))
     return shapes
 
@@ -174,25 +174,16 @@ def _extent(b: ir.IRBuilder, shape: ir.Value, axis: int) -> ir.Value:
 
 
 class _Refusals:
-    """Branches to one `refuse` block, which knows (as a phi) which argument was refused."""
+    """Branches to one `refuse` block, where the builtin returns None."""
 
     def __init__(self, b: ir.IRBuilder, fn: ir.Function) -> None:
-        self.b, self.fn, self.sources = b, fn, []
+        self.b, self.fn = b, fn
         self.block = fn.append_basic_block("refuse")
 
-    def require(self, ok: ir.Value, number: int) -> None:
+    def require(self, ok: ir.Value) -> None:
         passed = self.fn.append_basic_block("ok")
-        self.sources.append((self.b.block, number))
         self.b.cbranch(ok, passed, self.block)
         self.b.position_at_end(passed)
-
-    def number(self) -> ir.Value:
-        """At the start of the refuse block: the refused argument's number."""
-        self.b.position_at_end(self.block)
-        phi = self.b.phi(I32, "refused")
-        for block, n in self.sources:
-            phi.add_incoming(ir.Constant(I32, n), block)
-        return phi
 
 
 def _runtime_words(b: ir.IRBuilder, runtime: ir.Value):
@@ -259,7 +250,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
         return b.inttoptr(runtime_word(slot), ir.FunctionType(result, params).as_pointer())
 
     refusals = _Refusals(b, fn)
-    refusals.require(b.icmp_signed("==", nargs, ir.Constant(I64, n_in)), 0)
+    refusals.require(b.icmp_signed("==", nargs, ir.Constant(I64, n_in)))
     items = [b.load(b.gep(b.bitcast(vector, PTR.as_pointer()), [ir.Constant(I64, i)], inbounds=True))
              for i in range(n_in)]
     shapes = _check_headers(b, items, graph, runtime_word, refusals.require)
@@ -276,27 +267,27 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
     for i, v in enumerate(graph.inputs, start=1):
         for axis, d in enumerate(v.type.shape):
             expected = ir.Constant(I64, d) if isinstance(d, int) else dims[d]
-            refusals.require(b.icmp_signed("==", _extent(b, shapes[i - 1], axis), expected), i)
+            refusals.require(b.icmp_signed("==", _extent(b, shapes[i - 1], axis), expected))
         b.store(_word(b, items[i - 1], ARRAY_LAYOUT.data, PTR), b.gep(args, [ir.Constant(I64, i - 1)], inbounds=True))
 
     if symbols:
         bound = ir.Constant(F64, 0.0)
         for terms in slot_bytes:  # a slot's largest buffer, bounded by the sum of its buffers
             bound = b.fadd(bound, _polynomial(b, dims, terms, at_least_one=True))
-        refusals.require(b.fcmp_ordered("<", bound, ir.Constant(F64, 2.0 ** 61)), 0)
+        refusals.require(b.fcmp_ordered("<", bound, ir.Constant(F64, 2.0 ** 61)))
     dims_pointer = b.bitcast(dims_area, PTR)
     needed = b.call(workspace_size, [dims_pointer])
-    refusals.require(b.icmp_unsigned("<=", needed, b.load(context_word(CONTEXT_CAPACITY))), 0)
+    refusals.require(b.icmp_unsigned("<=", needed, b.load(context_word(CONTEXT_CAPACITY))))
 
     threshold = b.bitcast(runtime_word(RUNTIME_PARALLEL_WORK), F64)
     parallel = b.fcmp_ordered(">=", _polynomial(b, dims, work), threshold)
     control = b.inttoptr(runtime_word(RUNTIME_CONTROL), PTR)
     ready = b.load(b.bitcast(b.gep(control, [ir.Constant(I64, READY * LINE)], inbounds=True), I64.as_pointer()))
     threads = b.select(parallel, ready, ir.Constant(I64, 1))
-    refusals.require(b.icmp_unsigned("!=", threads, ir.Constant(I64, 0)), 0)  # helpers not started
+    refusals.require(b.icmp_unsigned("!=", threads, ir.Constant(I64, 0)))  # helpers not started
     busy = context_word(CONTEXT_BUSY)
     claimed = b.extract_value(b.cmpxchg(busy, ir.Constant(I64, 0), ir.Constant(I64, 1), "acquire", "monotonic"), 1)
-    refusals.require(claimed, 0)
+    refusals.require(claimed)
 
     incref = c_function(RUNTIME_INCREF, ir.VoidType(), [PTR])
     decref = c_function(RUNTIME_DECREF, ir.VoidType(), [PTR])
@@ -334,7 +325,7 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
         b.store(array, at(result, TUPLE_ITEMS + 8 * j))
     b.ret(result)
 
-    refusals.number()
+    b.position_at_end(refusals.block)
     none = b.inttoptr(runtime_word(RUNTIME_NONE), PTR)
     b.call(c_function(RUNTIME_INCREF, ir.VoidType(), [PTR]), [none])
     b.ret(none)
