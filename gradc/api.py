@@ -20,6 +20,7 @@ from .ir.passes import Autodiff, optimize, run_passes
 from .tracing import annotated_types, array_type, function_name, parameter_names, trace, unflatten
 
 Wrt = Union[int, str, Sequence[Union[int, str]]]
+RECENT = 4  # signatures a compiled function tries natively before it looks one up in Python
 
 
 @dataclass
@@ -124,7 +125,9 @@ class Compiled:
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
         self._annotated_compiled: tuple[Lowered, Any] | None = None
-        self._last: tuple[NativeFunction, Callable] | None = None  # the native function called last, its packer
+        # (hot path, packer) of the signatures called most recently, the last first: a caller
+        # alternating between shapes (a last, smaller batch; train and eval) stays on the hot path
+        self._recent: tuple[tuple[Callable, Callable], ...] = ()
         self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
@@ -174,11 +177,18 @@ class Compiled:
         return self._compile(types)[0]
 
     def __call__(self, *args: Any) -> Any:
-        last = self._last
-        if last is not None:  # the hot path: native code checks that the arguments still fit
-            outputs = last[0](*args)
+        recent = self._recent
+        if recent:  # native code checks that the arguments fit, or refuses
+            hot, packer = recent[0]
+            outputs = hot(*args)
             if outputs is not None:
-                return last[1](outputs)
+                return packer(outputs)
+            for i in range(1, len(recent)):
+                hot, packer = recent[i]
+                outputs = hot(*args)
+                if outputs is not None:
+                    self._recent = (recent[i],) + recent[:i] + recent[i + 1:]  # tried first next time
+                    return packer(outputs)
         if self.annotated is not None:
             if self._annotated_compiled is None:
                 self._annotated_compiled = self._compile(self.annotated)
@@ -195,7 +205,8 @@ class Compiled:
             lowered, shape = compiled
         native = lowered.native
         outputs = native(*args)
-        self._last = (native.hot_path(), self._packer(shape))
+        hot = native.hot_path()
+        self._recent = ((hot, self._packer(shape)),) + tuple(e for e in self._recent if e[0] is not hot)[:RECENT - 1]
         return self._package(outputs, shape)
 
     def _packer(self, shape: tuple) -> Callable[[list[np.ndarray]], Any]:
