@@ -403,3 +403,26 @@ def test_without_the_builtin_every_call_takes_the_python_path(monkeypatch):
         assert f.lower(*args).native.fast is None
     with pytest.raises((TypeError, ValueError)):
         f(args[0], args[1].astype(np.float32), args[2])
+
+
+def test_a_caller_alternating_between_shapes_stays_on_the_native_path():
+    """The hot paths of the four most recent signatures are tried natively before any Python lookup."""
+    class CountingDict(dict):
+        lookups = 0
+
+        def get(self, key, default=None):
+            CountingDict.lookups += 1
+            return super().get(key, default)
+    f = gc.jit(lambda a: a * 2.0)
+    f._by_signature = CountingDict()
+    shapes = [(3,), (4,), (2, 2), (5,)]
+    arrays = [RNG.standard_normal(s) for s in shapes]
+    for a in arrays:
+        f(a)
+    CountingDict.lookups = 0
+    for _ in range(3):
+        for a in arrays:
+            np.testing.assert_array_equal(f(a), a * 2)
+    assert CountingDict.lookups == 0 and len(f._recent) == 4
+    f(RNG.standard_normal(6))  # a fifth signature: the least recent one drops out
+    assert len(f._recent) == 4
