@@ -97,13 +97,15 @@ def _c_function(name: str) -> int:
     return ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
 
 
-def _python_c_functions() -> dict[int, int] | None:
-    """RUNTIME's slots of the C-API functions gradc_fast calls; None if this Python lacks one."""
+_C_API_SLOTS = ((RUNTIME_INCREF, "Py_IncRef"), (RUNTIME_DECREF, "Py_DecRef"), (RUNTIME_TUPLE_NEW, "PyTuple_New"),
+                 (RUNTIME_SAVE_THREAD, "PyEval_SaveThread"), (RUNTIME_RESTORE_THREAD, "PyEval_RestoreThread"))
+
+
+def _python_c_functions() -> dict[str, int] | None:
+    """The addresses of the C-API functions gradc_fast calls (and of PyCFunction_NewEx, which makes
+    it a builtin); None if this Python lacks one."""
     try:
-        return {slot: _c_function(name) for slot, name in (
-            (RUNTIME_INCREF, "Py_IncRef"), (RUNTIME_DECREF, "Py_DecRef"), (RUNTIME_TUPLE_NEW, "PyTuple_New"),
-            (RUNTIME_SAVE_THREAD, "PyEval_SaveThread"), (RUNTIME_RESTORE_THREAD, "PyEval_RestoreThread"),
-            (-1, "PyCFunction_NewEx"))}
+        return {name: _c_function(name) for name in [n for _, n in _C_API_SLOTS] + ["PyCFunction_NewEx"]}
     except (AttributeError, ValueError):
         return None
 
@@ -137,9 +139,8 @@ RUNTIME[RUNTIME_F32] = id(np.dtype(np.float32))  # the dtype singletons numpy gi
 RUNTIME[RUNTIME_F64] = id(np.dtype(np.float64))
 RUNTIME[RUNTIME_CONTROL] = POOL.control_address  # zeroed in place after fork, never moved
 RUNTIME[RUNTIME_NONE] = id(None)
-for _slot, _address in (PYTHON_C_FUNCTIONS or {}).items():
-    if _slot >= 0:
-        RUNTIME[_slot] = _address
+for _slot, _name in _C_API_SLOTS:
+    RUNTIME[_slot] = (PYTHON_C_FUNCTIONS or {}).get(_name, 0)
 RUNTIME[RUNTIME_ARRAY_EMPTY] = ARRAY_EMPTY or 0
 PARALLEL_WORK = RUNTIME[RUNTIME_PARALLEL_WORK:RUNTIME_PARALLEL_WORK + 1].view(np.float64)
 """[operations]: a call of fewer runs on one thread (waking a helper would cost more than it saves);
@@ -352,7 +353,7 @@ def fast_function(address: int, engine: object):
     `engine` (which holds the code) and its workspace (see `claim_workspace`; none yet) alive, not
     the NativeFunction."""
     new_function = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.POINTER(_MethodDef), ctypes.py_object,
-                                     ctypes.py_object)(PYTHON_C_FUNCTIONS[-1])
+                                     ctypes.py_object)(PYTHON_C_FUNCTIONS["PyCFunction_NewEx"])
     context = np.zeros(4, np.int64)
     _contexts[id(context)] = context
     context[CONTEXT_RUNTIME] = RUNTIME.ctypes.data

@@ -290,7 +290,7 @@ def k_chunks(kernel: Kernel) -> int:
         return 1
     if not isinstance(k, int):
         return MAX_K_CHUNKS
-    return max(1, min(MAX_K_CHUNKS, k // K_CHUNK)) if k >= 2 * K_CHUNK else 1
+    return min(MAX_K_CHUNKS, k // K_CHUNK) if k >= 2 * K_CHUNK else 1
 
 
 def k_chunk_rows(kernel: Kernel) -> Dim:
