@@ -6,11 +6,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 
 from .backends.jit import NativeFunction
+if TYPE_CHECKING:
+    from .profiling import Profile
 from .ir import Graph, TensorType
 from .ir.autodiff import GradError
 from .ir.dot import to_dot
@@ -67,7 +69,7 @@ class Lowered:
         from .explain import explain
         return explain(self, wrt, stage)
 
-    def profile(self, *args: Any, calls: int = 0):
+    def profile(self, *args: Any, calls: int = 0) -> "Profile":
         """Where a call's time goes, kernel by kernel (a gradc.profiling.Profile; print it): a
         second compilation, timed inside native code, called `calls` times (0: about 0.5 s worth)."""
         from .profiling import profile
