@@ -187,16 +187,8 @@ class _Refusals:
         self.b.position_at_end(passed)
 
 
-def _runtime_words(b: ir.IRBuilder, runtime: ir.Value):
-    def runtime_word(slot: int) -> ir.Value:
-        return b.load(b.gep(b.bitcast(runtime, I64.as_pointer()), [ir.Constant(I64, slot)], inbounds=True))
-    return runtime_word
-
-
-Terms = list  # [(coefficient, (symbol names...))]: a polynomial in the symbolic dims
-
-
-def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: Terms, at_least_one: bool = False) -> ir.Value:
+def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: list[tuple[int, tuple[str, ...]]],
+                at_least_one: bool = False) -> ir.Value:
     """Σ coefficient × Π dims, in double precision: never wraps, unlike 64-bit integers.
     `at_least_one`: a dim of 0 counts as 1, so that a bound of the products' partial results
     (which 64-bit code may form before it meets the zero) does not vanish."""
@@ -213,7 +205,8 @@ def _polynomial(b: ir.IRBuilder, dims: dict[str, ir.Value], terms: Terms, at_lea
 
 
 def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols: dict[str, int],
-                   workspace_size: ir.Function, slot_bytes: list[Terms], work: Terms) -> None:
+                   workspace_size: ir.Function, slot_bytes: list[list[tuple[int, tuple[str, ...]]]],
+                   work: list[tuple[int, tuple[str, ...]]]) -> None:
     """`gradc_fast`, a METH_FASTCALL C function of Python's (see `fast_function`): it checks the
     inputs (binding the symbolic dims from their extents), makes the outputs with numpy's
     PyArray_Empty, runs the entry with the interpreter lock released, and returns the outputs as a
@@ -244,8 +237,10 @@ def emit_fast_call(module: ir.Module, graph: Graph, entry: ir.Function, symbols:
     def context_word(slot: int) -> ir.Value:
         return b.gep(context, [ir.Constant(I64, slot)], inbounds=True)
 
-    runtime = b.inttoptr(b.load(context_word(CONTEXT_RUNTIME)), PTR)
-    runtime_word = _runtime_words(b, runtime)
+    runtime = b.inttoptr(b.load(context_word(CONTEXT_RUNTIME)), I64.as_pointer())
+
+    def runtime_word(slot: int) -> ir.Value:
+        return b.load(b.gep(runtime, [ir.Constant(I64, slot)], inbounds=True))
 
     def c_function(slot: int, result: ir.Type, params: list[ir.Type]) -> ir.Value:
         return b.inttoptr(runtime_word(slot), ir.FunctionType(result, params).as_pointer())

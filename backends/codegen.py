@@ -264,6 +264,12 @@ def partial_parts(kernel: Kernel) -> tuple[int, int]:
     return 1, gemm_nr(FLOAT_TYPES[kernel.matmul.result.type.dtype])
 
 
+def plain_matmul(kernel: Kernel) -> bool:
+    """A GEMM kernel with nothing fused: the runtime's own epilogue stores its tiles."""
+    mm = kernel.matmul
+    return mm is not None and kernel.ops == [mm] and kernel.writes == [mm.result]
+
+
 K_CHUNK = 512     # the K range of one chunk of a `k_chunks` GEMM, at least
 MAX_K_CHUNKS = 8
 
@@ -281,7 +287,7 @@ def k_chunks(kernel: Kernel) -> int:
     With a symbolic K (an annotated batch), the count is worked out per call, the same way
     (clamped to 1..MAX_K_CHUNKS), and this returns MAX_K_CHUNKS: the partial outputs there are room for."""
     mm = kernel.matmul
-    if mm is None or kernel.ops != [mm] or kernel.writes != [mm.result] or kernel.reduced is not None:
+    if not plain_matmul(kernel):
         return 1
     if not mm.attrs["transpose_a"] or mm.attrs["transpose_b"]:
         return 1  # a K range of Aᵀ (K x M) and B (K x N) is a run of their rows
@@ -390,8 +396,11 @@ class KernelEmitter(FunctionBuilder):
         return levels
 
     def _accumulators(self, reductions: list) -> dict:
-        accs = {r: self.entry_alloca(FLOAT_TYPES[r.result.type.dtype], "acc") for r in reductions}
-        self._reset(accs)
+        accs = {}
+        for r in reductions:
+            fty = FLOAT_TYPES[r.result.type.dtype]
+            accs[r] = self.entry_alloca(fty, "acc")
+            self.b.store(ir.Constant(fty, 0.0 if r.name == "reduce_sum" else float("-inf")), accs[r])
         return accs
 
     def _accumulate(self, accs: dict, domain_coords: Coords) -> None:
@@ -403,11 +412,6 @@ class KernelEmitter(FunctionBuilder):
         if r.name == "reduce_sum":  # reassoc lets LLVM vectorize the sum
             return self.b.fadd(current, x, flags=("reassoc", "contract"))
         return ScalarEmitter(self.b, x.type).maximum(current, x)
-
-    def _reset(self, accs: dict) -> None:
-        for r, acc in accs.items():
-            fty = FLOAT_TYPES[r.result.type.dtype]
-            self.b.store(ir.Constant(fty, 0.0 if r.name == "reduce_sum" else float("-inf")), acc)
 
     # -- kernel bodies -----------------------------------------------------------------------------
     def emit(self) -> ir.Function:
@@ -470,8 +474,7 @@ class KernelEmitter(FunctionBuilder):
         """A call of the shared runtime's GEMM for this thread's share of the output columns (or rows,
         `split_rows`), whose per-tile callback (`emit_tile`, in a function of its own) evaluates the
         kernel's fused ops."""
-        from .gemm import (define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context,
-                           store_epilogue)
+        from .gemm import define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -484,11 +487,8 @@ class KernelEmitter(FunctionBuilder):
         if k_chunks(self.kernel) > 1:
             self._emit_k_chunks(M, N, K, fty)
             return
-        if self.kernel.ops == [mm] and self.writes == [mm.result]:  # nothing fused: the runtime stores the tiles
-            columns = self.entry_alloca(I64, "N")
-            bld.store(N, columns)
-            epilogue = store_epilogue(self.fn.module, fty)
-            context = store_context(bld, self.entry_alloca, [self.pointer[mm.result], columns])
+        if plain_matmul(self.kernel):
+            epilogue, context = self._store_tiles(self.pointer[mm.result], N, fty)
         else:
             tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
             tile.emit_tile(nr)
@@ -513,16 +513,13 @@ class KernelEmitter(FunctionBuilder):
     def _emit_k_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type) -> None:
         """This thread's chunks of K (chunk c on thread c mod threads), each a GEMM of its rows of Aᵀ
         and B into partial output c (see `k_chunks`)."""
-        from .gemm import emit_gemm_call, pack_elements, store_context, store_epilogue
+        from .gemm import emit_gemm_call, pack_elements
         mm, bld = self.kernel.matmul, self.b
         a, b = mm.operands
         m, n = mm.result.type.shape
         chunks, per_chunk = self._chunking(K)
         pack = self.element(self.scratch, bld.mul(self.size(pack_elements(k_chunk_rows(self.kernel), n,
                                                                           transpose_a=True)), self.thread), fty)
-        columns = self.entry_alloca(I64, "N")
-        bld.store(N, columns)
-        epilogue = store_epilogue(self.fn.module, fty)
         zero = ir.Constant(I64, 0)
 
         def chunk(c: ir.Value) -> None:
@@ -530,13 +527,20 @@ class KernelEmitter(FunctionBuilder):
                 k0 = bld.mul(c, per_chunk)
                 k1 = bld.select(bld.icmp_unsigned("<", bld.add(k0, per_chunk), K), bld.add(k0, per_chunk), K)
                 out = self.element(self.partials, bld.mul(c, ir.Constant(I64, m * n)), fty)
-                context = store_context(bld, self.entry_alloca, [out, columns])
+                epilogue, context = self._store_tiles(out, N, fty)
                 a_rows = self.element(self.pointer[a], bld.mul(k0, M), fty)
                 b_rows = self.element(self.pointer[b], bld.mul(k0, N), fty)
                 emit_gemm_call(bld, fty, a_rows, b_rows, pack, M, N, bld.sub(k1, k0), True, False, epilogue,
                                context, zero, N, zero, M)
         self.loop(chunks, chunk, "kchunk")
         cold_code(self.fn)
+
+    def _store_tiles(self, out: ir.Value, N: ir.Value, fty: ir.Type) -> tuple[ir.Function, ir.Value]:
+        """The runtime's epilogue storing each tile into `out` (N columns), and its context."""
+        from .gemm import store_context, store_epilogue
+        columns = self.entry_alloca(I64, "N")
+        self.b.store(N, columns)
+        return store_epilogue(self.fn.module, fty), store_context(self.b, self.entry_alloca, [out, columns])
 
     def _chunking(self, K: ir.Value) -> tuple[ir.Value, ir.Value]:
         """A `k_chunks` kernel's chunk count and rows per chunk (the last may have fewer): fixed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from typing import Callable, Sequence
@@ -161,14 +162,8 @@ class NativeFunction:
 
     def kernel_work(self, dims: Sequence[int] = ()) -> list[float]:
         """Each kernel's operation count for these values of the symbolic dims (GEMMs: 2·M·N·K)."""
-        index = {s: i for i, s in enumerate(self.symbols)}
-        counts = []
-        for coefficient, factors in self._work_terms:
-            n = float(coefficient)
-            for d in factors:
-                n *= dims[index[d]] if isinstance(d, str) else d
-            counts.append(n)
-        return counts
+        values = dict(zip(self.symbols, dims))
+        return [float(coefficient) * math.prod(values[d] for d in factors) for coefficient, factors in self._work_terms]
 
     def dims_of(self, args: Sequence) -> tuple[int, ...]:
         """The symbolic dims' values these arguments give (checked as a call checks them)."""
@@ -176,7 +171,7 @@ class NativeFunction:
 
     def threads_for(self, args: Sequence) -> int:
         """How many threads a call with these arguments runs on."""
-        return POOL.threads if self._work(self.dims_of(args)) >= PARALLEL_WORK[0] else 1
+        return self._threads(self._work(self.dims_of(args)), start=False)
 
     def step_times(self, reset: bool = False) -> list[float]:
         """Seconds spent so far in each step (`steps`: kernels, combine steps, output copies), each
@@ -254,12 +249,13 @@ class NativeFunction:
             arrays.append(a)
         return arrays, dims
 
-    def _threads(self, work: float) -> int:
+    def _threads(self, work: float, start: bool = True) -> int:
+        """The thread count for `work` operations; `start`: the helper threads it needs too."""
         # below PARALLEL_WORK operations, waking a helper thread costs more than it saves
         threads = POOL.threads
         if work < PARALLEL_WORK[0] or threads < 2:
             return 1
-        if not POOL.started:
+        if start and not POOL.started:
             POOL.start()
         return threads
 

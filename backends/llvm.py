@@ -31,7 +31,19 @@ from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
 
 ALIGNMENT = 64
-ENTRY, WORKSPACE_SIZE = "gradc_entry", "gradc_workspace_size"
+ENTRY, WORKSPACE_SIZE, PROFILE = "gradc_entry", "gradc_workspace_size", "gradc_profile"
+
+
+Term = tuple[int, tuple[str, ...]]
+"""coefficient × the product of symbolic dims: a polynomial's term in the symbolic dims."""
+
+
+def term(coefficient: int, factors: Sequence[Dim]) -> Term:
+    """coefficient × factors as a Term: the static factors multiplied into the coefficient."""
+    for d in factors:
+        if isinstance(d, int):
+            coefficient *= d
+    return coefficient, tuple(d for d in factors if isinstance(d, str))
 
 
 @dataclass(frozen=True)
@@ -50,15 +62,14 @@ class Buffer:
             n *= dims[d] if isinstance(d, str) else d
         return -(-n // ALIGNMENT) * ALIGNMENT
 
+    def term(self) -> Term:
+        """Its size in bytes as a term: (static bytes, symbolic factors)."""
+        return term(self.itemsize, self.factors)
+
     def fits_in(self, other: Buffer) -> bool:
         """True when this buffer is never larger than `other`, whatever the symbols' values."""
-        def split(b: Buffer) -> tuple[int, Counter]:
-            static = b.itemsize
-            for d in b.factors:
-                static *= d if isinstance(d, int) else 1
-            return static, Counter(d for d in b.factors if isinstance(d, str))
-        (s1, c1), (s2, c2) = split(self), split(other)
-        return s1 <= s2 and not (c1 - c2)
+        (s1, d1), (s2, d2) = self.term(), other.term()
+        return s1 <= s2 and not (Counter(d1) - Counter(d2))
 
 
 @dataclass
@@ -164,16 +175,16 @@ class ModuleBuilder:
         for key, slot in self.memory.slot_of.items():
             self.location[key] = ("temp", slot)
 
-    def work(self) -> list[tuple[int, tuple]]:
-        """Rough operation counts per kernel, as (coefficient, dims to multiply): GEMMs 2·M·N·K."""
+    def work(self) -> list[Term]:
+        """Rough operation counts per kernel: GEMMs 2·M·N·K, loops an operation per op and element."""
         terms = []
         for k in self.kernels:
             if k.matmul is not None:
                 a = k.matmul.operands[0]
                 kdim = a.type.shape[0] if k.matmul.attrs["transpose_a"] else a.type.shape[1]
-                terms.append((2, tuple(k.domain) + (kdim,)))
+                terms.append(term(2, tuple(k.domain) + (kdim,)))
             else:
-                terms.append((len(k.ops), tuple(k.domain)))
+                terms.append(term(len(k.ops), k.domain))
         return terms
 
     def build(self) -> ir.Module:
@@ -193,13 +204,13 @@ class ModuleBuilder:
         entry = self._build_entry(calls)
         workspace_size = self._build_workspace_size()
         if ARRAY_EMPTY is not None:
-            work = [(c * _static(f), _symbolic(f)) for c, f in self.work()]
-            emit_fast_call(self.module, self.graph, entry, self.symbols, workspace_size, self._slot_terms(), work)
+            emit_fast_call(self.module, self.graph, entry, self.symbols, workspace_size, self._slot_terms(),
+                           self.work())
         return self.module
 
-    def _slot_terms(self) -> list[list[tuple[int, tuple[str, ...]]]]:
-        """Each workspace slot's buffers as (bytes per unit, symbolic factors), for a bound of its size."""
-        return [[(ALIGNMENT + buf.itemsize * _static(buf.factors), _symbolic(buf.factors)) for buf in slot]
+    def _slot_terms(self) -> list[list[Term]]:
+        """Each workspace slot's buffers in bytes, alignment padding included: a bound of its size."""
+        return [[(ALIGNMENT + bytes_, dims) for bytes_, dims in (buf.term() for buf in slot)]
                 for slot in self.memory.slots]
 
     def _output_copy(self, j: int, v: Value) -> tuple[ir.Function, list]:
@@ -269,21 +280,6 @@ class ModuleBuilder:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.ret(self._slot_offsets(b, fn.args[0])[1])
         return fn
-
-
-def _static(factors: Sequence[Dim]) -> int:
-    n = 1
-    for d in factors:
-        if isinstance(d, int):
-            n *= d
-    return n
-
-
-def _symbolic(factors: Sequence[Dim]) -> tuple[str, ...]:
-    return tuple(d for d in factors if isinstance(d, str))
-
-
-PROFILE = "gradc_profile"
 
 
 class _Clock:

@@ -207,9 +207,9 @@ class Compiled:
             lowered, shape = compiled
         native = lowered.native
         outputs = native(*args)
-        hot = native.hot_path()
-        self._recent = ((hot, self._packer(shape)),) + tuple(e for e in self._recent if e[0] is not hot)[:RECENT - 1]
-        return self._package(outputs, shape)
+        hot, packer = native.hot_path(), self._packer(shape)
+        self._recent = ((hot, packer),) + tuple(e for e in self._recent if e[0] is not hot)[:RECENT - 1]
+        return packer(outputs)
 
     def _packer(self, shape: tuple) -> Callable[[list[np.ndarray]], Any]:
         """`_package` for one signature, the common cases spelled out: it runs on every call."""
