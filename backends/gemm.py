@@ -82,8 +82,8 @@ PACK_ALIGN = 64          # bytes; the pack region is realigned to this at run ti
 PACK_SLACK = 16          # extra elements per packed k row (>= PACK_ALIGN bytes for f32 and f64)
 A_PANEL_PAD = 16         # elements between packed A panels when K >= 64 (a cache line or two)
 
-# emits the IR run on each finished tile: (i0, j0, rows, cols, tile, row stride) -> None
-Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value, int], None]
+# emits the IR run on each finished tile (rows NR elements apart): (i0, j0, rows, cols, tile) -> None
+Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value], None]
 
 
 @functools.lru_cache(maxsize=1)
@@ -274,8 +274,8 @@ def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noali
             emit: Callable[[_Body, list], None]) -> ir.Function:
     """The module's internal, never-inlined `void name(args)`, emitted by `emit` on first use.
 
-    Every GEMM of a module (one per matmul kernel) calls the same micro-kernels and packing
-    routines: LLVM optimizes and compiles each once, instead of once per kernel.
+    Every GEMM of the runtime module (one per dtype, transpose pair and configuration) calls the
+    same micro-kernels and packing routines: LLVM optimizes and compiles each once.
     """
     if name in module.globals:
         return module.globals[name]
@@ -663,7 +663,7 @@ class _Gemm:
                             self.call_microkernel(kernel, base, self.K, rows, dst)
                             bld.branch(join)
                         bld.position_at_end(join)
-                        self.epilogue(i0, j0, rows, cols, self.tile, self.nr)
+                        self.epilogue(i0, j0, rows, cols, self.tile)
                     _for(fb, _const(0), mc, self.mr, tile, "gemm.ir")
                 _for(fb, _const(0), nc, self.nr, panel, "gemm.jr")
             _for(fb, m_begin, m_end, self.mc, row_block, "gemm.ic")
@@ -717,7 +717,7 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     body = _Body(fn)
     callback = body.b.bitcast(epilogue, EPILOGUE_TYPE.as_pointer())
 
-    def call_epilogue(i0, j0, rows, cols, tile, stride):
+    def call_epilogue(i0, j0, rows, cols, tile):
         body.b.call(callback, [context, i0, j0, rows, cols, body.b.bitcast(tile, PTR)])
     _Gemm(body, fty, a, b, M, N, K, transpose_a, transpose_b, pack, call_epilogue,
           config).emit_range(n_begin, n_end, m_begin, m_end)
@@ -745,14 +745,33 @@ def store_epilogue(module: ir.Module, fty: ir.Type, config: GemmConfig | None = 
     dtype = "f32" if _elem_bytes(fty) == 4 else "f64"
     name = f"{runtime.PREFIX}store_tile.{dtype}.nr{gemm_nr(fty, config)}"
     return runtime.declare(module, name, EPILOGUE_TYPE,
-                           functools.partial(_define_store_epilogue, name=name, fty=fty, config=config))
+                           functools.partial(define_store_epilogue, name=name, fty=fty, config=config,
+                                             linkage="external"))
 
 
-def _define_store_epilogue(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None) -> ir.Function:
-    body = FunctionBuilder(module, f"{name}.body", ["c"], {"N": 0}, extra=TILE_ARGS)
-    store_tile(body, body.buffers[0], body.size(["N"]), fty, gemm_nr(fty, config))
-    body.b.ret_void()
-    return define_epilogue(body.fn, name, linkage="external")
+def define_store_epilogue(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None = None,
+                          transform: Callable[[ir.IRBuilder, ir.Value], ir.Value] | None = None,
+                          linkage: str = "internal") -> ir.Function:
+    """The EPILOGUE_TYPE function `name` storing transform(tile) into C (M x N row-major);
+    context = [c, pointer to N as i64] (`store_context`)."""
+    fb = FunctionBuilder(module, f"{name}.body", ["c"], {"N": 0}, extra=TILE_ARGS)
+    bld, c, N = fb.b, fb.buffers[0], fb.size(["N"])
+    i0, j0, rows, cols, tile = fb.extra
+    stride = gemm_nr(fty, config)
+
+    def row(r):
+        base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
+        tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
+
+        def col(cc):
+            x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
+            if transform is not None:
+                x = transform(bld, x)
+            bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
+        fb.loop(cols, col, "epi.c")
+    fb.loop(rows, row, "epi.r")
+    bld.ret_void()
+    return define_epilogue(fb.fn, name, linkage=linkage)
 
 
 def define_epilogue(body: ir.Function, name: str, linkage: str = "internal") -> ir.Function:
@@ -792,10 +811,7 @@ def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a
     the tiles into c.
     """
     gemm = define_gemm(module, fty, transpose_a, transpose_b, config)
-    fb = FunctionBuilder(module, f"{name}.tile", ["c"], {"M": 0, "N": 1, "K": 2}, extra=TILE_ARGS)
-    store_tile(fb, fb.buffers[0], fb.size(["N"]), fty, gemm_nr(fty, config), transform)
-    fb.b.ret_void()
-    epilogue = define_epilogue(fb.fn, f"{name}.epilogue")
+    epilogue = define_store_epilogue(module, f"{name}.epilogue", fty, config, transform)
 
     outer = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 3), name)
     for arg, n in zip(outer.args, ["c", "a", "b", "pack", "M", "N", "K"]):
@@ -804,30 +820,9 @@ def emit_standalone_gemm(module: ir.Module, name: str, fty: ir.Type, transpose_a
         arg.add_attribute("noalias")
     c, a, b, pack, M, N, K = outer.args
     ob = ir.IRBuilder(outer.append_basic_block("entry"))
-    dims = ob.alloca(ir.ArrayType(I64, 3), name="dims")
-    for i, v in enumerate((M, N, K)):
-        ob.store(v, ob.gep(dims, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
-    context = store_context(ob, lambda ty, n: ob.alloca(ty, name=n), [c, dims])
+    columns = ob.alloca(I64, name="N")
+    ob.store(N, columns)
+    context = store_context(ob, lambda ty, n: ob.alloca(ty, name=n), [c, columns])
     ob.call(gemm, [a, b, pack, M, N, K, _const(0), N, _const(0), M, ob.bitcast(epilogue, PTR), context])
     ob.ret_void()
     return outer
-
-
-def store_tile(fb: FunctionBuilder, c: ir.Value, N: ir.Value, fty: ir.Type, stride: int,
-               transform: Callable[[ir.IRBuilder, ir.Value], ir.Value] | None = None) -> None:
-    """The body of an epilogue that stores transform(tile) into C (M x N row-major at `c`);
-    fb's last arguments are TILE_ARGS."""
-    bld = fb.b
-    i0, j0, rows, cols, tile = fb.extra[-len(TILE_ARGS):]
-
-    def row(r):
-        base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
-        tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
-
-        def col(cc):
-            x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
-            if transform is not None:
-                x = transform(bld, x)
-            bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
-        fb.loop(cols, col, "epi.c")
-    fb.loop(rows, row, "epi.r")

@@ -10,7 +10,8 @@ matmul kernel) most of the rest.
 
 Runtime functions are never freed: their engines stay alive for the process, as every later
 model may call them. Their object code is also kept on disk (`cache_dir`), keyed by a hash of the
-module's text and the host, so a new process loads it instead of compiling it again.
+host, the backend's source and the names compiled together, so a new process loads it instead of
+compiling it again.
 """
 from __future__ import annotations
 

@@ -51,6 +51,31 @@ RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 LINE = 64
 
 
+def _spin_hint(b: ir.IRBuilder) -> None:
+    """Tell the core it is in a spin loop (x86 `pause`)."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        b.call(declare_external(b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+
+
+def _wait_until(b: ir.IRBuilder, counter: ir.Value, target: ir.Value) -> None:
+    """Spin until the i64 at `counter` reaches `target`, yielding the core now and then: when
+    another process holds the other core, pure spinning would wait out whole scheduler time slices."""
+    fn = b.function
+    start = b.block
+    wait, done = fn.append_basic_block("wait"), fn.append_basic_block("waited")
+    b.branch(wait)
+    b.position_at_end(wait)
+    spins = b.phi(I64, name="spins")
+    spins.add_incoming(ir.Constant(I64, 0), start)
+    arrived = b.load_atomic(counter, "acquire", 8)
+    _spin_hint(b)
+    with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
+        b.call(declare_external(b.module, "sched_yield", I32, []), [])
+    spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
+    b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
+    b.position_at_end(done)
+
+
 class _Emitter:
     """Small helpers over an IRBuilder for control-block fields and atomics."""
 
@@ -62,8 +87,7 @@ class _Emitter:
                               ty.as_pointer())
 
     def spin_hint(self) -> None:
-        if platform.machine() in ("x86_64", "AMD64"):
-            self.b.call(declare_external(self.b.module, "llvm.x86.sse2.pause", ir.VoidType(), []), [])
+        _spin_hint(self.b)
 
     def publish(self, fields: list[tuple[int, ir.Value]]) -> None:
         """Write `fields` between two bumps of the sequence word (odd while writing, then even),
@@ -193,6 +217,7 @@ def _define_run(module: ir.Module) -> ir.Function:
     control, entry_address, args, dims, workspace, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = _Emitter(b, control)
+    counter = b.alloca(I64, name="barrier")  # a one-thread call's own barrier counter
     entry = b.bitcast(entry_address, ENTRY_TYPE.as_pointer())
     # never more threads than helpers running (none yet, or none after fork) plus the caller
     running = b.add(b.load_atomic(e.field(HELPERS), "acquire", 8), ir.Constant(I64, 1))
@@ -214,17 +239,9 @@ def _define_run(module: ir.Module) -> ir.Function:
                        (JOB_DIMS, b.ptrtoint(dims, I64)), (JOB_WORKSPACE, b.ptrtoint(workspace, I64)),
                        (JOB_THREADS, threads)])
             b.call(entry, [args, dims, workspace, e.field(BARRIER, ir.IntType(8)), threads, ir.Constant(I64, 0)])
-            helpers = b.sub(threads, ir.Constant(I64, 1))
-            wait, done = fn.append_basic_block("join"), fn.append_basic_block("joined")
-            b.branch(wait)
-            b.position_at_end(wait)
-            finished = b.load_atomic(e.field(DONE), "acquire", 8)
-            e.spin_hint()
-            b.cbranch(b.icmp_unsigned("<", finished, helpers), wait, done)
-            b.position_at_end(done)
+            _wait_until(b, e.field(DONE), b.sub(threads, ir.Constant(I64, 1)))  # the helpers are done
             b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
         with alone:
-            counter = b.alloca(I64)
             b.store(ir.Constant(I64, 0), counter)
             b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
     b.ret_void()
@@ -242,27 +259,13 @@ def _define_stop(module: ir.Module) -> ir.Function:
 
 
 def _define_barrier(module: ir.Module) -> ir.Function:
-    """Spin until `target` arrivals, yielding the core now and then: when another process holds
-    the other core, pure spinning would wait out whole scheduler time slices."""
+    """Count this thread's arrival, then wait (`_wait_until`) for `target` arrivals."""
     fn = ir.Function(module, BARRIER_TYPE, BARRIER_WAIT)
     counter, target = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    e = _Emitter(b, counter)
     counter = b.bitcast(counter, I64.as_pointer())
     b.atomic_rmw("add", counter, ir.Constant(I64, 1), "seq_cst")
-    start = b.block
-    wait, done = fn.append_basic_block("wait"), fn.append_basic_block("done")
-    b.branch(wait)
-    b.position_at_end(wait)
-    spins = b.phi(I64, name="spins")
-    spins.add_incoming(ir.Constant(I64, 0), start)
-    arrived = b.load_atomic(counter, "acquire", 8)
-    e.spin_hint()
-    with b.if_then(b.icmp_unsigned("==", b.and_(spins, ir.Constant(I64, 255)), ir.Constant(I64, 255))):
-        b.call(declare_external(module, "sched_yield", I32, []), [])
-    spins.add_incoming(b.add(spins, ir.Constant(I64, 1)), b.block)
-    b.cbranch(b.icmp_unsigned("<", arrived, target), wait, done)
-    b.position_at_end(done)
+    _wait_until(b, counter, target)
     b.ret_void()
     return fn
 
@@ -285,18 +288,13 @@ class NativePool:
         self._stopped = False
         self._lock = threading.Lock()
         self.control = np.zeros(16 * LINE, np.uint8)
+        self.control_address = self.control.ctypes.data  # never moves (zeroed in place after fork)
         self._publish_ready()
         runtime.after_fork_in_child(self._forget_helpers)
         atexit.register(self.stop)
 
-    def _publish_ready(self) -> None:
-        threads = self.threads
-        ready = threads if self._helpers >= threads - 1 else 0
-        ctypes.c_int64.from_address(self.control_address + READY * LINE).value = ready
-
-    @property
-    def control_address(self) -> int:
-        return self.control.ctypes.data
+    def _publish_ready(self) -> None:  # callers hold the lock, or are alone (init, after fork)
+        ctypes.c_int64.from_address(self.control_address + READY * LINE).value = self.threads if self.started else 0
 
     @property
     def started(self) -> bool:

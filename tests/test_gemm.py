@@ -19,9 +19,9 @@ from llvmlite import ir
 import llvmlite.binding as llvm
 
 from gradc.backends.codegen import FunctionBuilder
-from gradc.backends.gemm import (TILE_ARGS, GemmConfig, define_epilogue, define_gemm, emit_gemm_call,
-                                 emit_standalone_gemm, gemm_nr, host_vector_bytes, pack_elements,
-                                 store_context, store_tile)
+from gradc.backends.gemm import (GemmConfig, define_gemm, define_store_epilogue, emit_gemm_call,
+                                 emit_standalone_gemm, host_vector_bytes, pack_elements,
+                                 store_context)
 from gradc.backends.jit import host_target_machine, optimize_module
 
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -53,16 +53,15 @@ def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bo
     """`name(c, a, b, pack0, pack1, dims=[M, N, K, S])`: columns (or with `rows`, rows) [0, S) and
     [S, N) as two calls of the GEMM, each with its own pack region, the way two threads split work."""
     define_gemm(module, fty, ta, tb)
-    tile = FunctionBuilder(module, f"{name}.tile", ["c"], {"M": 0, "N": 1, "K": 2, "S": 3}, extra=TILE_ARGS)
-    store_tile(tile, tile.buffers[0], tile.size(["N"]), fty, gemm_nr(fty))
-    tile.b.ret_void()
-    epilogue = define_epilogue(tile.fn, f"{name}.epilogue")
+    epilogue = define_store_epilogue(module, f"{name}.epilogue", fty)
     fb = FunctionBuilder(module, name, ["c", "a", "b", "pack0", "pack1"], {"M": 0, "N": 1, "K": 2, "S": 3})
     fb.fn.linkage = ""  # callable from the test
     c, a, b, pack0, pack1 = fb.buffers
     M, N, K, S = (fb.size([d]) for d in "MNKS")
     bld = fb.b
-    context = store_context(bld, fb.entry_alloca, [c, fb.fn.args[5]])
+    columns = fb.entry_alloca(ir.IntType(64), "N")
+    bld.store(N, columns)
+    context = store_context(bld, fb.entry_alloca, [c, columns])
     zero = ir.Constant(ir.IntType(64), 0)
     if rows:
         emit_gemm_call(bld, fty, a, b, pack0, M, N, K, ta, tb, epilogue, context, zero, N, zero, S)

@@ -2,7 +2,10 @@
 compiled once per process and found by MCJIT through llvm.add_symbol."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,12 +53,9 @@ print(runtime.cache_hits)
 """
 
 
-def _first_call_in_new_process(cache: str) -> int:
-    import os
-    import subprocess
-    import sys
+def _first_call_in_new_process(cache: str, **env: str) -> int:
     done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, GRADC_CACHE_DIR=cache))
+                          env=dict(os.environ, GRADC_CACHE_DIR=cache, **env))
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
 
@@ -72,13 +72,14 @@ def test_a_new_process_loads_the_runtime_from_the_cache_and_ignores_a_damaged_en
 
 
 def test_an_empty_cache_setting_turns_the_cache_off(tmp_path, monkeypatch):
+    """Neither the working directory nor the default cache (~/.cache/gradc) gets a file."""
     monkeypatch.chdir(tmp_path)
-    assert _first_call_in_new_process("") == 0
-    assert not list(tmp_path.iterdir())
+    home = tmp_path / "home"
+    assert _first_call_in_new_process("", HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")) == 0
+    assert not list(tmp_path.rglob("*.o"))
 
 
 def test_the_cache_keeps_only_the_most_recently_used_entries(tmp_path):
-    import os
     old = []
     for i in range(runtime.CACHE_ENTRIES + 5):  # as if left by earlier gradc versions
         path = tmp_path / f"{i:064x}.{i:064x}.o"

@@ -141,11 +141,11 @@ def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(para
 def test_weight_gradients_split_by_k_give_the_same_bits_on_any_thread_count(parallel_work, dtype, k):
     """dW = dYᵀ X of a narrow layer over a long batch: threads share chunks of K (k_chunks); the
     chunks are fixed by the shape and summed in order, so one and two threads agree bit for bit."""
-    from gradc.backends.codegen import MAX_K_CHUNKS, k_chunks
+    from gradc.backends.codegen import K_CHUNK, MAX_K_CHUNKS, k_chunks
     dy, x = RNG.standard_normal((k, 10)).astype(dtype), RNG.standard_normal((k, 33)).astype(dtype)
     fn = gc.jit(lambda dy, x: dy.T @ x)
     (kernel,) = fn.lower(dy, x).fusion.kernels
-    assert k_chunks(kernel) == min(MAX_K_CHUNKS, k // 512)
+    assert k_chunks(kernel) == min(MAX_K_CHUNKS, k // K_CHUNK)
     parallel_work(float("inf"))
     single = fn(dy, x)
     parallel_work(0.0)
