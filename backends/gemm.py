@@ -94,6 +94,10 @@ def host_vector_bytes() -> int:
     return 64 if features.get("avx512f", False) else 32
 
 
+def _dtype_name(fty: ir.Type) -> str:
+    return "f32" if _elem_bytes(fty) == 4 else "f64"
+
+
 def _elem_bytes(fty: ir.Type) -> int:
     if isinstance(fty, ir.FloatType):
         return 4
@@ -336,7 +340,7 @@ class _Gemm:
         return sub
 
     def _tag(self) -> str:
-        return f"{'f32' if self.esize == 4 else 'f64'}.w{self.vw}"
+        return f"{_dtype_name(self.fty)}.w{self.vw}"
 
     # -- packing B ---------------------------------------------------------------------------------
     def pack_panel(self, dst: ir.Value, j0: ir.Value, cols: ir.Value, nvec: ir.Value, run: ir.Value) -> None:
@@ -685,8 +689,7 @@ GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "m_begin", "m_
 def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmConfig | None = None) -> str:
     """The runtime name of a GEMM: it spells out everything the code depends on."""
     cfg = (config or DEFAULT_CONFIG).resolved()
-    dtype = "f32" if _elem_bytes(fty) == 4 else "f64"
-    return (f"{runtime.PREFIX}gemm.{dtype}.t{int(transpose_a)}{int(transpose_b)}.v{cfg.vector_bytes}"
+    return (f"{runtime.PREFIX}gemm.{_dtype_name(fty)}.t{int(transpose_a)}{int(transpose_b)}.v{cfg.vector_bytes}"
             f".{cfg.mr}x{cfg.nvec}.nc{cfg.nc}-{cfg.nc_packed_a}.mc{cfg.mc}.u{cfg.unroll}.pa{cfg.pack_a}")
 
 
@@ -704,10 +707,9 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     of NR keep every panel full; row ranges at multiples of MR every tile.
     """
     name = gemm_name(fty, transpose_a, transpose_b, config)
-    fn = module.globals.get(name)
-    if fn is not None and not fn.is_declaration:
-        return fn
-    fn = fn or ir.Function(module, GEMM_TYPE, name)
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, GEMM_TYPE, name)
     fn.attributes.add("nounwind")
     for arg, arg_name in zip(fn.args, GEMM_ARGS):
         arg.name = arg_name
@@ -742,8 +744,7 @@ def store_epilogue(module: ir.Module, fty: ir.Type, config: GemmConfig | None = 
     """The runtime's EPILOGUE_TYPE function storing each tile into C (M x N row-major), for matmul
     kernels with nothing fused: context = [c, pointer to N as i64]. Shared, so such a kernel adds
     no tile code of its own to a model's module."""
-    dtype = "f32" if _elem_bytes(fty) == 4 else "f64"
-    name = f"{runtime.PREFIX}store_tile.{dtype}.nr{gemm_nr(fty, config)}"
+    name = f"{runtime.PREFIX}store_tile.{_dtype_name(fty)}.nr{gemm_nr(fty, config)}"
     return runtime.declare(module, name, EPILOGUE_TYPE,
                            functools.partial(define_store_epilogue, name=name, fty=fty, config=config,
                                              linkage="external"))
