@@ -20,7 +20,7 @@ from gradc.ir.types import Dim, Shape
 from . import mathlib
 from .threads import MAX_THREADS
 
-I64 = ir.IntType(64)
+I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
 FLOAT_TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 Coords = Sequence["ir.Value | None"]
@@ -128,22 +128,50 @@ def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value,
     b.position_at_end(done)
 
 
+CLAIMS_TYPE = ir.LiteralStructType([I64.as_pointer(), I64, I64])
+"""A thread's view of its call's chunk claims (`claim_chunks`): the counter the threads share, the
+claim this thread holds, and how many chunks the call's claiming kernels before this one had."""
+
+
+def emit_while(b: ir.IRBuilder, start: Sequence[ir.Value], keep_going: Callable[..., ir.Value],
+               step: Callable[..., Sequence[ir.Value]], name: str) -> list[ir.Value]:
+    """Loop-carried values: from `start`, while keep_going(*values), values = step(*values) (which
+    may emit code, loops included). Returns the final values."""
+    fn = b.function
+    before = b.block
+    header, inner, done = (fn.append_basic_block(f"{name}.{part}") for part in ("header", "body", "done"))
+    b.branch(header)
+    b.position_at_end(header)
+    values = [b.phi(v.type, name=name) for v in start]
+    for phi, v in zip(values, start):
+        phi.add_incoming(v, before)
+    b.cbranch(keep_going(*values), inner, done)
+    b.position_at_end(inner)
+    following = step(*values)
+    for phi, v in zip(values, following):
+        phi.add_incoming(v, b.block)
+    b.branch(header)
+    b.position_at_end(done)
+    return values
+
+
 class FunctionBuilder:
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
     def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int],
                  threaded: bool = False, extra: Sequence[tuple[str, ir.Type]] = ()) -> None:
-        """`threaded`: the function also takes (i64 thread, i64 threads) and does its share of the work.
-        `extra`: (name, type) of further arguments, last (`self.extra`)."""
-        trailing = ([("thread", I64), ("threads", I64)] if threaded else []) + list(extra)
+        """`threaded`: the function also takes (i64 thread, i64 threads, CLAIMS_TYPE* claims) and
+        does its share of the work. `extra`: (name, type) of further arguments, last (`self.extra`)."""
+        trailing = ([("thread", I64), ("threads", I64), ("claims", CLAIMS_TYPE.as_pointer())] if threaded
+                    else []) + list(extra)
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1) + [t for _, t in trailing])
         self.fn = ir.Function(module, fnty, name)
         self.fn.linkage = "internal"
         for arg, arg_name in zip(self.fn.args, buffer_names + ["dims"] + [n for n, _ in trailing]):
             arg.name = arg_name
-        first_extra = len(buffer_names) + 1 + (2 if threaded else 0)
-        self.thread, self.threads = (self.fn.args[first_extra - 2], self.fn.args[first_extra - 1]) \
-            if threaded else (None, None)
+        first_extra = len(buffer_names) + 1 + (3 if threaded else 0)
+        self.thread, self.threads, self.claims = self.fn.args[first_extra - 3:first_extra] \
+            if threaded else (None, None, None)
         self.extra = list(self.fn.args[first_extra:])
         self._dims_arg = self.fn.args[len(buffer_names)]
         for arg in self.fn.args[:len(buffer_names)]:
@@ -168,16 +196,95 @@ class FunctionBuilder:
 
     def share(self, count: ir.Value, multiple: int = 1) -> tuple[ir.Value, ir.Value]:
         """This thread's part [begin, end) of range(count), cut at multiples of `multiple`."""
-        b = self.b
+        return self.cut(count, self.thread, multiple), self.cut(count, self.b.add(self.thread, ir.Constant(I64, 1)),
+                                                                multiple)
 
-        def cut(t: ir.Value) -> ir.Value:
-            at = b.udiv(b.mul(count, t), self.threads)
-            if multiple > 1:  # the nearest multiple: 12.25 panels split 6 | 6.25, not 7 | 5.25
-                at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple // 2)), ir.Constant(I64, multiple)),
-                           ir.Constant(I64, multiple))
-            last = b.icmp_unsigned(">=", t, self.threads)
-            return b.select(b.or_(last, b.icmp_unsigned(">", at, count)), count, at)
-        return cut(self.thread), cut(b.add(self.thread, ir.Constant(I64, 1)))
+    def cut(self, count: ir.Value, t: ir.Value, multiple: int = 1) -> ir.Value:
+        """Where part t of range(count) begins, when it is cut at multiples of `multiple` into a part
+        per thread."""
+        b = self.b
+        at = b.udiv(b.mul(count, t), self.threads)
+        if multiple > 1:  # the nearest multiple: 12.25 panels split 6 | 6.25, not 7 | 5.25
+            at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple // 2)), ir.Constant(I64, multiple)),
+                       ir.Constant(I64, multiple))
+        last = b.icmp_unsigned(">=", t, self.threads)
+        return b.select(b.or_(last, b.icmp_unsigned(">", at, count)), count, at)
+
+    def claim_chunks(self, count: ir.Value, body: Callable[[ir.Value], None]) -> None:
+        """body(c) for the chunks c in range(count) this thread claims; every thread of the call must
+        run this (with the same count), and between them they run each chunk once.
+
+        A thread claims chunks one at a time from a counter shared by the call's threads, so a thread
+        that is slowed down (descheduled, or sharing its core) does fewer, and none waits for it at
+        the next barrier for longer than a chunk. The chunks of all the call's claiming kernels are
+        numbered on in one counter, so nothing resets it between kernels: the claim a thread finds
+        past this kernel's chunks is its first of the next kernel's."""
+        b = self.b
+        counter = b.load(b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        held, base = (b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, i)]) for i in (1, 2))
+        first = b.load(base)
+        end = b.add(first, count)
+
+        def run(c: ir.Value) -> list[ir.Value]:
+            body(b.sub(c, first))
+            return [b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")]
+        (last,) = emit_while(b, [b.load(held)], lambda c: b.icmp_unsigned("<", c, end), run, "claim")
+        b.store(last, held)
+        b.store(end, base)
+
+    def column_chunks(self, N: ir.Value, nr: int, column_work: ir.Value, balance: ir.Value
+                      ) -> tuple[ir.Value, Callable[[ir.Value], tuple[ir.Value, ir.Value]]]:
+        """N columns (of `column_work` operations each) cut at multiples of `nr` into chunks for
+        `claim_chunks`: if `balance`, chunks that shrink as they go (each 1/(2 threads) of the panels
+        left, but at least MIN_CHUNK_WORK), so that the first claims cost little and the threads
+        finish close together; else one share per thread, as `share` cuts them. Returns the chunk
+        count and a function giving chunk c's [begin, end) columns."""
+        b, one, step = self.b, ir.Constant(I64, 1), ir.Constant(I64, nr)
+        panels = b.udiv(b.add(N, ir.Constant(I64, nr - 1)), step)
+        parts = b.mul(self.threads, ir.Constant(I64, 2))
+        least = b.udiv(ir.Constant(I64, MIN_CHUNK_WORK), b.add(b.mul(column_work, step), one))
+        least = b.select(b.icmp_unsigned("<", least, one), one, least)
+
+        def size(start: ir.Value) -> ir.Value:  # in panels, from panel `start` on
+            left = b.sub(panels, start)
+            share = b.udiv(b.add(left, b.sub(parts, one)), parts)
+            share = b.select(b.icmp_unsigned("<", share, least), least, share)
+            return b.select(b.icmp_unsigned(">", share, left), left, share)
+
+        def shrinking(c: ir.Value) -> ir.Value:  # the first panel of chunk c
+            _, start = emit_while(b, [ir.Constant(I64, 0), ir.Constant(I64, 0)],
+                                  lambda i, start: b.icmp_unsigned("<", i, c),
+                                  lambda i, start: [b.add(i, one), b.add(start, size(start))], "chunk")
+            return start
+        with b.if_else(balance) as (then, otherwise):
+            with then:
+                count_balanced, _ = emit_while(b, [ir.Constant(I64, 0), ir.Constant(I64, 0)],
+                                               lambda n, start: b.icmp_unsigned("<", start, panels),
+                                               lambda n, start: [b.add(n, one), b.add(start, size(start))],
+                                               "chunks")
+                balanced_block = b.block
+            with otherwise:
+                equal_block = b.block
+        count = b.phi(I64, name="chunks")
+        count.add_incoming(count_balanced, balanced_block)
+        count.add_incoming(self.threads, equal_block)
+
+        def bounds(c: ir.Value) -> tuple[ir.Value, ir.Value]:
+            with b.if_else(balance) as (then, otherwise):
+                with then:
+                    start = shrinking(c)
+                    balanced = [b.mul(start, step), b.mul(b.add(start, size(start)), step)]
+                    balanced_block = b.block
+                with otherwise:
+                    equal = [self.cut(N, t, nr) for t in (c, b.add(c, one))]
+                    equal_block = b.block
+            ends = [b.phi(I64) for _ in range(2)]
+            for phi, x, y in zip(ends, balanced, equal):
+                phi.add_incoming(x, balanced_block)
+                phi.add_incoming(y, equal_block)
+            first, last = (b.select(b.icmp_unsigned("<", end, N), end, N) for end in ends)
+            return first, last
+        return count, bounds
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
              start: ir.Value | None = None, loop_id: ir.values.MDValue | None = None) -> None:
@@ -305,6 +412,39 @@ def k_chunk_rows(kernel: Kernel) -> Dim:
     return -(-k // k_chunks(kernel)) if isinstance(k, int) else k
 
 
+DYNAMIC_WORK = 32_000_000
+"""Operations (2·M·N·K) from which the threads of a GEMM kernel split by columns claim shrinking
+chunks of them, a transposed A packed between them in a step of its own, rather than take an equal
+share each (`balances`). Measured (two threads, interleaved): below it, the extra barrier and calls
+cost more than an uneven finish."""
+MIN_CHUNK_WORK = 2_000_000
+"""Operations in the smallest chunk a balanced GEMM kernel's threads claim."""
+
+
+def claims_columns(kernel: Kernel) -> bool:
+    """A GEMM kernel whose threads take chunks of its columns (whole panels of NR, so that a panel's
+    partial result, `partial_parts`, has one author): one split neither by rows nor by K."""
+    return kernel.matmul is not None and not split_rows(kernel) and k_chunks(kernel) == 1
+
+
+def prepacks_a(kernel: Kernel) -> bool:
+    """A `claims_columns` kernel with a transposed A, which its threads pack once between them in a
+    step of its own (when it `balances`), so that any thread can take any chunk of columns."""
+    return claims_columns(kernel) and kernel.matmul.attrs["transpose_a"]
+
+
+def balances(kernel: Kernel, b: ir.IRBuilder, size: Callable[[Sequence[Dim]], ir.Value],
+             threads: ir.Value) -> ir.Value:
+    """Whether a `claims_columns` kernel's threads claim shrinking chunks (see DYNAMIC_WORK), from
+    its dims (`size`) and thread count: the same answer on every thread."""
+    mm = kernel.matmul
+    a = mm.operands[0]
+    kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
+    work = b.mul(size(list(mm.result.type.shape) + [kdim]), ir.Constant(I64, 2))
+    return b.and_(b.icmp_unsigned(">", threads, ir.Constant(I64, 1)),
+                  b.icmp_unsigned(">=", work, ir.Constant(I64, DYNAMIC_WORK)))
+
+
 def combines(kernel: Kernel) -> bool:
     """A GEMM kernel whose threads leave partial results that a second, single-threaded function
     combines in order, so the bits do not depend on the thread count: one that also reduces its whole
@@ -320,13 +460,16 @@ class KernelEmitter(FunctionBuilder):
     `combine_step` this emits the kernel's combining function instead of its main one."""
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
-                 symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None) -> None:
-        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`)."""
+                 symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None,
+                 pack_step: bool = False) -> None:
+        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`);
+        `pack_step`: its step packing A (`prepacks_a`)."""
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
         extra = (["scratch"] if kernel.matmul is not None and tile_of is None else []) + \
+            (["packed_a"] if prepacks_a(kernel) and tile_of is None else []) + \
             (["partials"] if combines(kernel) else [])
         if tile_of is None:
-            suffix = ".combine" if combine_step else ""
+            suffix = ".combine" if combine_step else ".pack_a" if pack_step else ""
             super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}{suffix}", names + extra,
                              symbols, threaded=is_parallel(kernel) and not combine_step)
         else:
@@ -334,12 +477,12 @@ class KernelEmitter(FunctionBuilder):
             super().__init__(module, f"{tile_of.name}.tile", names + extra, symbols, extra=TILE_ARGS)
             self.extra[-1].add_attribute("noalias")  # the tile: the GEMM's own memory
         self.kernel = kernel
-        self.combine_step = combine_step
+        self.combine_step, self.pack_step = combine_step, pack_step
         self.inside = {op.result for op in kernel.ops}
         self.pointer = dict(zip(writes + reads, self.buffers))
         self.writes, self.reads = writes, reads
         named = dict(zip(extra, self.buffers[len(names):]))
-        self.scratch, self.partials = named.get("scratch"), named.get("partials")
+        self.scratch, self.partials, self.packed_a = (named.get(n) for n in ("scratch", "partials", "packed_a"))
         self.registers: dict[Value, ir.Value] = {}
         self.cache: dict[tuple, ir.Value] = {}
         self.matmul_value: ir.Value | None = None
@@ -417,6 +560,8 @@ class KernelEmitter(FunctionBuilder):
     def emit(self) -> ir.Function:
         if self.combine_step:
             self._emit_combine()
+        elif self.pack_step:
+            self._emit_pack_a()
         elif self.kernel.matmul is not None:
             self._emit_matmul()
         elif self.kernel.reduced is None:
@@ -500,19 +645,53 @@ class KernelEmitter(FunctionBuilder):
         zero = ir.Constant(I64, 0)
         if split_rows(self.kernel):
             begin, end = self.share(M, multiple=gemm_mr())
-            ranges = [zero, N, begin, end]
+            emit_gemm_call(bld, fty, self.pointer[a], self.pointer[b], pack, M, N, K, ta, tb, epilogue, context,
+                           zero, N, begin, end)
         else:
-            begin, end = self.share(N, multiple=nr)
-            ranges = [begin, end, zero, M]
-        emit_gemm_call(bld, fty, self.pointer[a], self.pointer[b], pack, M, N, K, ta, tb, epilogue, context,
-                       *ranges)
+            self._emit_column_chunks(M, N, K, fty, pack, epilogue, context)
         # a few dozen instructions per call: interleaved, the tiny step ran no slower unoptimized,
         # and the seed step's model compiled 19% faster
         cold_code(self.fn)
 
+    def _emit_column_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type, pack: ir.Value,
+                            epilogue: ir.Function, context: ir.Value) -> None:
+        """The chunks of columns this thread claims (`claims_columns`), a GEMM call each; a
+        transposed A comes packed from the kernel's pack step if it `balances`."""
+        from .gemm import emit_gemm_call, gemm_nr
+        bld, mm = self.b, self.kernel.matmul
+        a, b = (self.pointer[x] for x in mm.operands)
+        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
+        nr, zero = gemm_nr(fty), ir.Constant(I64, 0)
+        balance = balances(self.kernel, bld, self.size, self.threads)
+        count, bounds = self.column_chunks(N, nr, bld.mul(bld.mul(M, K), ir.Constant(I64, 2)), balance)
+
+        def chunk(c: ir.Value) -> None:
+            first, last = bounds(c)
+
+            def call(prepacked: bool) -> None:
+                emit_gemm_call(bld, fty, self.packed_a if prepacked else a, b, pack, M, N, K, ta, tb, epilogue,
+                               context, first, last, zero, M, prepacked_a=prepacked)
+            if not ta:
+                call(False)
+                return
+            with bld.if_else(balance) as (packed, own):
+                with packed:
+                    call(True)
+                with own:
+                    call(False)
+        self.claim_chunks(count, chunk)
+
+    def _emit_pack_a(self) -> None:
+        """This thread's share of the rows of a `prepacks_a` kernel's transposed A, packed."""
+        from .gemm import emit_pack_a_rows, gemm_mr
+        a = self.kernel.matmul.operands[0]
+        K, M = (self.size([d]) for d in a.type.shape)
+        begin, end = self.share(M, multiple=gemm_mr())
+        emit_pack_a_rows(self.b, FLOAT_TYPES[a.type.dtype], self.packed_a, self.pointer[a], M, K, begin, end)
+
     def _emit_k_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type) -> None:
-        """This thread's chunks of K (chunk c on thread c mod threads), each a GEMM of its rows of Aᵀ
-        and B into partial output c (see `k_chunks`)."""
+        """The chunks of K this thread claims (`claim_chunks`), each a GEMM of its rows of Aᵀ and B
+        into partial output c (see `k_chunks`)."""
         from .gemm import emit_gemm_call, pack_elements
         mm, bld = self.kernel.matmul, self.b
         a, b = mm.operands
@@ -523,16 +702,15 @@ class KernelEmitter(FunctionBuilder):
         zero = ir.Constant(I64, 0)
 
         def chunk(c: ir.Value) -> None:
-            with bld.if_then(bld.icmp_unsigned("==", bld.urem(c, self.threads), self.thread)):
-                k0 = bld.mul(c, per_chunk)
-                k1 = bld.select(bld.icmp_unsigned("<", bld.add(k0, per_chunk), K), bld.add(k0, per_chunk), K)
-                out = self.element(self.partials, bld.mul(c, ir.Constant(I64, m * n)), fty)
-                epilogue, context = self._store_tiles(out, N, fty)
-                a_rows = self.element(self.pointer[a], bld.mul(k0, M), fty)
-                b_rows = self.element(self.pointer[b], bld.mul(k0, N), fty)
-                emit_gemm_call(bld, fty, a_rows, b_rows, pack, M, N, bld.sub(k1, k0), True, False, epilogue,
-                               context, zero, N, zero, M)
-        self.loop(chunks, chunk, "kchunk")
+            k0 = bld.mul(c, per_chunk)
+            k1 = bld.select(bld.icmp_unsigned("<", bld.add(k0, per_chunk), K), bld.add(k0, per_chunk), K)
+            out = self.element(self.partials, bld.mul(c, ir.Constant(I64, m * n)), fty)
+            epilogue, context = self._store_tiles(out, N, fty)
+            a_rows = self.element(self.pointer[a], bld.mul(k0, M), fty)
+            b_rows = self.element(self.pointer[b], bld.mul(k0, N), fty)
+            emit_gemm_call(bld, fty, a_rows, b_rows, pack, M, N, bld.sub(k1, k0), True, False, epilogue,
+                           context, zero, N, zero, M)
+        self.claim_chunks(chunks, chunk)
         cold_code(self.fn)
 
     def _store_tiles(self, out: ir.Value, N: ir.Value, fty: ir.Type) -> tuple[ir.Function, ir.Value]:

@@ -302,7 +302,7 @@ def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noali
 class _Gemm:
     def __init__(self, fb: FunctionBuilder, fty: ir.Type, a: ir.Value, b: ir.Value,
                  M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
-                 pack: ir.Value, epilogue: Epilogue, config: GemmConfig | None) -> None:
+                 pack: ir.Value, epilogue: Epilogue, config: GemmConfig | None, prepacked_a: bool = False) -> None:
         cfg = (config or DEFAULT_CONFIG).resolved()
         self.fb, self.fty, self.cfg = fb, fty, cfg
         self.ta, self.tb = transpose_a, transpose_b
@@ -313,7 +313,8 @@ class _Gemm:
         self.nr = self.nv * self.vw
         # transposed A is packed per MC block (in place, each k of a tile would be a new cache line)
         self.packed_a = bool(transpose_a or cfg.pack_a)
-        nc = cfg.nc_packed_a if self.packed_a else cfg.nc
+        self.prepacked_a = prepacked_a  # `a` is all of op(A), packed by the caller (`pack_a_rows`)
+        nc = cfg.nc_packed_a if self.packed_a and not prepacked_a else cfg.nc
         self.nc = max(self.nr, nc // self.nr * self.nr)
         self.mc = max(self.mr, cfg.mc // self.mr * self.mr)
         assert cfg.unroll >= 1 and cfg.unroll & (cfg.unroll - 1) == 0, "unroll must be a power of 2"
@@ -509,6 +510,13 @@ class _Gemm:
             _for(fb, _const(0), self.K, 1, k_row, "packa.k")
         _for(fb, _const(0), mc, mr, panel, "packa.p")
 
+    def panel_stride(self) -> ir.Value:
+        """Elements between packed A panels: K*MR, plus a cache line once K >= 64 (with K*MR*esize
+        often a multiple of 4 KB, the MC/MR panel streams written per k would share L1 sets)."""
+        bld = self.fb.b
+        pad = bld.select(bld.icmp_signed(">=", self.K, _const(64)), _const(A_PANEL_PAD), _const(0))
+        return bld.add(bld.mul(self.K, _const(self.mr), flags=NUW_NSW), pad, flags=NUW_NSW)
+
     def a_panel_offset(self, row: ir.Value) -> ir.Value:
         """Offset in the packed A block of the panel starting at block row `row` (a multiple of MR)."""
         bld = self.fb.b
@@ -620,14 +628,14 @@ class _Gemm:
     # -- blocking ----------------------------------------------------------------------------------
     def emit_range(self, n_begin: ir.Value, n_end: ir.Value, m_begin: ir.Value, m_end: ir.Value) -> None:
         fb, bld = self.fb, self.fb.b
-        if self.packed_a:  # after the widest B block this range packs: min(NC, round_up(width, NR))
+        if self.packed_a:
+            self.a_panel_stride = self.panel_stride()
+        if self.prepacked_a:
+            self.apack = self.a
+        elif self.packed_a:  # after the widest B block this range packs: min(NC, round_up(width, NR))
             width = bld.and_(bld.add(bld.sub(n_end, n_begin), _const(self.nr - 1)), _const(-self.nr))
             width = _min(bld, _const(self.nc), width)
             self.apack = bld.gep(self.pack, [bld.mul(self.K, width, flags=NUW_NSW)], inbounds=True)
-            # panels K*MR elements apart, plus a cache line once K >= 64: with K*MR*esize often a
-            # multiple of 4 KB, the MC/MR panel streams written per k would share L1 sets
-            pad = bld.select(bld.icmp_signed(">=", self.K, _const(64)), _const(A_PANEL_PAD), _const(0))
-            self.a_panel_stride = bld.add(bld.mul(self.K, _const(self.mr), flags=NUW_NSW), pad, flags=NUW_NSW)
         kernels = [self.microkernel_fn(v) for v in range(1, self.nv + 1)]
 
         def column_block(jc):
@@ -637,7 +645,7 @@ class _Gemm:
                 mc = _min(bld, _const(self.mc), bld.sub(m_end, ic))
                 first = bld.icmp_signed("==", ic, m_begin)
 
-                if self.packed_a:
+                if self.packed_a and not self.prepacked_a:
                     self.pack_a(self.apack, ic, mc)
 
                 def panel(jr):
@@ -650,8 +658,9 @@ class _Gemm:
                     def tile(ir_):
                         i0 = bld.add(ic, ir_, flags=NUW_NSW)
                         rows = _min(bld, _const(self.mr), bld.sub(mc, ir_))
-                        if self.packed_a:
-                            base = bld.gep(self.apack, [self.a_panel_offset(ir_)], inbounds=True)
+                        if self.packed_a:  # a block of A (its panels from ic on), or all of it
+                            row = i0 if self.prepacked_a else ir_
+                            base = bld.gep(self.apack, [self.a_panel_offset(row)], inbounds=True)
                         else:
                             base = bld.gep(self.a, [bld.mul(i0, self.K, flags=NUW_NSW)], inbounds=True)
                         # direct calls (measured: an indirect call through a select of the
@@ -686,15 +695,17 @@ GEMM_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * 7 + [PTR, P
 GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "m_begin", "m_end", "epilogue", "context"]
 
 
-def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmConfig | None = None) -> str:
+def gemm_name(fty: ir.Type, transpose_a: bool, transpose_b: bool, config: GemmConfig | None = None,
+              prepacked_a: bool = False) -> str:
     """The runtime name of a GEMM: it spells out everything the code depends on."""
     cfg = (config or DEFAULT_CONFIG).resolved()
     return (f"{runtime.PREFIX}gemm.{_dtype_name(fty)}.t{int(transpose_a)}{int(transpose_b)}.v{cfg.vector_bytes}"
-            f".{cfg.mr}x{cfg.nvec}.nc{cfg.nc}-{cfg.nc_packed_a}.mc{cfg.mc}.u{cfg.unroll}.pa{cfg.pack_a}")
+            f".{cfg.mr}x{cfg.nvec}.nc{cfg.nc}-{cfg.nc_packed_a}.mc{cfg.mc}.u{cfg.unroll}.pa{cfg.pack_a}"
+            + (".prepacked" if prepacked_a else ""))
 
 
 def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b: bool,
-                config: GemmConfig | None = None) -> ir.Function:
+                config: GemmConfig | None = None, prepacked_a: bool = False) -> ir.Function:
     """Define in `module` (once) `void gemm(a, b, pack, M, N, K, n_begin, n_end, m_begin, m_end,
     epilogue, context)`.
 
@@ -704,9 +715,11 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     tile[r*NR + c] holds C[i0 + r, j0 + c] for r < rows <= MR, c < cols <= NR (NR = gemm_nr).
     a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); pack: scratch of
     pack_elements(K, n_end - n_begin) elements, private to the call. Column ranges split at multiples
-    of NR keep every panel full; row ranges at multiples of MR every tile.
+    of NR keep every panel full; row ranges at multiples of MR every tile. `prepacked_a` (transposed
+    A only): `a` holds all of A already packed by `pack_a_rows`, which every column range shares.
     """
-    name = gemm_name(fty, transpose_a, transpose_b, config)
+    assert transpose_a or not prepacked_a, "only a transposed A is packed ahead"
+    name = gemm_name(fty, transpose_a, transpose_b, config, prepacked_a)
     if name in module.globals:
         return module.globals[name]
     fn = ir.Function(module, GEMM_TYPE, name)
@@ -722,19 +735,69 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     def call_epilogue(i0, j0, rows, cols, tile):
         body.b.call(callback, [context, i0, j0, rows, cols, body.b.bitcast(tile, PTR)])
     _Gemm(body, fty, a, b, M, N, K, transpose_a, transpose_b, pack, call_epilogue,
-          config).emit_range(n_begin, n_end, m_begin, m_end)
+          config, prepacked_a).emit_range(n_begin, n_end, m_begin, m_end)
     body.b.ret_void()
     return fn
+
+
+PACK_A_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR] + [I64] * 4)
+
+
+def packed_a_elements(M: int | str, K: int | str, config: GemmConfig | None = None) -> tuple:
+    """Size of all of a transposed A packed by `pack_a_rows`, in elements, as factors (see
+    `pack_elements`): ceil(M / MR) panels (M itself when symbolic) of K*MR elements plus a pad of at
+    most K (A_PANEL_PAD <= 64 elements, paid only when K >= 64)."""
+    mr = (config or DEFAULT_CONFIG).mr
+    return (-(-M // mr) if isinstance(M, int) else M, K, mr + 1)
+
+
+def pack_a_rows_name(fty: ir.Type, config: GemmConfig | None = None) -> str:
+    cfg = (config or DEFAULT_CONFIG).resolved()
+    return f"{runtime.PREFIX}gemm.pack_a_rows.{_dtype_name(fty)}.v{cfg.vector_bytes}.mr{cfg.mr}.mc{cfg.mc}"
+
+
+def define_pack_a_rows(module: ir.Module, fty: ir.Type, config: GemmConfig | None = None) -> ir.Function:
+    """Define in `module` (once) `void pack_a_rows(dst, a, M, K, m_begin, m_end)`: rows [m_begin,
+    m_end) (m_begin a multiple of MR) of op(A) for a transposed A (stored K x M), packed into `dst`
+    (`packed_a_elements`) as a GEMM with `prepacked_a` reads them, so that the threads of a call
+    pack A once between them, rather than each all of it."""
+    name = pack_a_rows_name(fty, config)
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, PACK_A_TYPE, name)
+    fn.attributes.add("nounwind")
+    dst, a, M, K, m_begin, m_end = fn.args
+    dst.add_attribute("noalias")
+    body = _Body(fn)
+    bld = body.b
+    gemm = _Gemm(body, fty, a, a, M, M, K, True, False, dst, lambda *tile: None, config)
+    gemm.a_panel_stride = gemm.panel_stride()
+    dst = bld.bitcast(dst, fty.as_pointer())
+
+    def row_block(ic):
+        gemm.pack_a(bld.gep(dst, [gemm.a_panel_offset(ic)], inbounds=True), ic, _min(bld, _const(gemm.mc), bld.sub(m_end, ic)))
+    _for(body, m_begin, m_end, gemm.mc, row_block, "pack_a.ic")
+    bld.ret_void()
+    return fn
+
+
+def emit_pack_a_rows(bld: ir.IRBuilder, fty: ir.Type, dst: ir.Value, a: ir.Value, M: ir.Value, K: ir.Value,
+                     m_begin: ir.Value, m_end: ir.Value, *, config: GemmConfig | None = None) -> None:
+    """Call the shared runtime's `pack_a_rows` at bld's position."""
+    fn = runtime.declare(bld.module, pack_a_rows_name(fty, config), PACK_A_TYPE,
+                         functools.partial(define_pack_a_rows, fty=fty, config=config))
+    bld.call(fn, [bld.bitcast(dst, PTR), bld.bitcast(a, PTR), M, K, m_begin, m_end])
 
 
 def emit_gemm_call(bld: ir.IRBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, pack: ir.Value,
                    M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
                    epilogue: ir.Function, context: ir.Value, n_begin: ir.Value, n_end: ir.Value,
-                   m_begin: ir.Value, m_end: ir.Value, *, config: GemmConfig | None = None) -> None:
+                   m_begin: ir.Value, m_end: ir.Value, *, config: GemmConfig | None = None,
+                   prepacked_a: bool = False) -> None:
     """Call the shared runtime's GEMM (`define_gemm`) at bld's position; the module only declares it."""
-    fn = runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config), GEMM_TYPE,
+    fn = runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config, prepacked_a), GEMM_TYPE,
                          functools.partial(define_gemm, fty=fty, transpose_a=transpose_a,
-                                           transpose_b=transpose_b, config=config))
+                                           transpose_b=transpose_b, config=config, prepacked_a=prepacked_a))
     pointers = [bld.bitcast(x, PTR) for x in (a, b, pack)]
     bld.call(fn, pointers + [M, N, K, n_begin, n_end, m_begin, m_end, bld.bitcast(epilogue, PTR),
                              bld.bitcast(context, PTR)])

@@ -22,13 +22,13 @@ from gradc.ir.types import Dim
 
 from gradc.ir.fusion import is_inline
 
-from .gemm import pack_elements
+from .gemm import pack_elements, packed_a_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks,
+from .codegen import (CLAIMS_TYPE, FLOAT_TYPES, I32, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
-from .threads import ENTRY_TYPE, MAX_THREADS, declare_barrier, declare_external
+from .threads import ENTRY_TYPE, LINE, MAX_THREADS, declare_barrier, declare_external
 
 ALIGNMENT = 64
 ENTRY, WORKSPACE_SIZE, PROFILE = "gradc_entry", "gradc_workspace_size", "gradc_profile"
@@ -161,6 +161,9 @@ class ModuleBuilder:
                 copies = (MAX_THREADS,)  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
+                if prepacks_a(k):  # all of A, packed once for every thread, kept from its step to the GEMM's
+                    buffers.append(((k, "packed_a"), Buffer(f"{k.name}.packed_a", packed_a_elements(*mm.result.type.shape[:1], kdim),
+                                                            itemsize, scratch=True)))
                 if chunks > 1:  # a partial output per chunk of K
                     buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (chunks,) + tuple(mm.result.type.shape),
                                                             itemsize, scratch=True)))
@@ -191,6 +194,10 @@ class ModuleBuilder:
         calls = []
         for k in self.kernels:
             locations = [self.location[v] for v in k.writes + k.reads + self.scratch.get(k, [])]
+            if prepacks_a(k):
+                packer = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, pack_step=True)
+                calls.append((packer.emit(), locations, packer.thread is not None))
+                self.steps.append(f"{k.name}.pack_a")
             emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols)
             calls.append((emitter.emit(), locations, emitter.thread is not None))
             self.steps.append(k.name)
@@ -251,6 +258,12 @@ class ModuleBuilder:
         several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
         main = b.icmp_unsigned("==", thread, ir.Constant(I64, 0))
         clock = _Clock(self.module, b, len(calls)) if self.profile else None
+        claims = b.alloca(CLAIMS_TYPE, name="claims")  # see FunctionBuilder.claim_chunks
+        counter = b.bitcast(b.gep(sync, [ir.Constant(I64, LINE)], inbounds=True), I64.as_pointer())
+        b.store(ir.Constant(CLAIMS_TYPE, [ir.Constant(I64.as_pointer(), None), 0, 0]), claims)
+        b.store(counter, b.gep(claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        b.store(b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic"),
+                b.gep(claims, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
 
         def pointer(location: tuple[str, int]) -> ir.Value:
             kind, i = location
@@ -262,7 +275,7 @@ class ModuleBuilder:
             start = clock.now() if clock else None
             operands = [pointer(loc) for loc in locations] + [dims]
             if threaded:
-                b.call(function, operands + [thread, threads])
+                b.call(function, operands + [thread, threads, claims])
             else:
                 with b.if_then(main):
                     b.call(function, operands)

@@ -39,13 +39,14 @@ if _FUTEX_SYSCALL is None:
 I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
 ENTRY_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
-"""A module's entry: (args, dims, workspace, barrier counter, threads, thread)."""
+"""A module's entry: (args, dims, workspace, sync, threads, thread). `sync` is two zeroed i64 a line
+apart, shared by the call's threads: the barrier's arrivals, then the counter chunks are claimed from (`FunctionBuilder.claim_chunks`)."""
 RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 """run: (control block, entry, args, dims, workspace, threads)."""
 
 # the control block: one 64-byte line per field, so spinning on one never slows writes to another
-(SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, HELPERS, QUIT,
- JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS, READY) = range(13)
+(SEQUENCE, BUSY, SLEEPERS, DONE, BARRIER, CLAIMS, HELPERS, QUIT,
+ JOB_ENTRY, JOB_ARGS, JOB_DIMS, JOB_WORKSPACE, JOB_THREADS, READY) = range(14)
 # READY is written by Python only: the threads a parallel call may use now, or 0 while the helpers
 # that `threads` needs have not been started (native callers then leave it to Python to start them)
 LINE = 64
@@ -217,7 +218,7 @@ def _define_run(module: ir.Module) -> ir.Function:
     control, entry_address, args, dims, workspace, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     e = _Emitter(b, control)
-    counter = b.alloca(I64, name="barrier")  # a one-thread call's own barrier counter
+    sync = b.alloca(ir.ArrayType(I64, 2 * LINE // 8), name="sync")  # a one-thread call's own
     entry = b.bitcast(entry_address, ENTRY_TYPE.as_pointer())
     # never more threads than helpers running (none yet, or none after fork) plus the caller
     running = b.add(b.load_atomic(e.field(HELPERS), "acquire", 8), ir.Constant(I64, 1))
@@ -235,6 +236,7 @@ def _define_run(module: ir.Module) -> ir.Function:
         with shared:
             b.store(ir.Constant(I64, 0), e.field(DONE))
             b.store(ir.Constant(I64, 0), e.field(BARRIER))
+            b.store(ir.Constant(I64, 0), e.field(CLAIMS))
             e.publish([(JOB_ENTRY, b.ptrtoint(entry_address, I64)), (JOB_ARGS, b.ptrtoint(args, I64)),
                        (JOB_DIMS, b.ptrtoint(dims, I64)), (JOB_WORKSPACE, b.ptrtoint(workspace, I64)),
                        (JOB_THREADS, threads)])
@@ -242,8 +244,8 @@ def _define_run(module: ir.Module) -> ir.Function:
             _wait_until(b, e.field(DONE), b.sub(threads, ir.Constant(I64, 1)))  # the helpers are done
             b.store_atomic(ir.Constant(I64, 0), e.field(BUSY), "release", 8)
         with alone:
-            b.store(ir.Constant(I64, 0), counter)
-            b.call(entry, [args, dims, workspace, b.bitcast(counter, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
+            b.store(ir.Constant(sync.type.pointee, None), sync)
+            b.call(entry, [args, dims, workspace, b.bitcast(sync, PTR), ir.Constant(I64, 1), ir.Constant(I64, 0)])
     b.ret_void()
     return fn
 

@@ -19,9 +19,9 @@ from llvmlite import ir
 import llvmlite.binding as llvm
 
 from gradc.backends.codegen import FunctionBuilder
-from gradc.backends.gemm import (GemmConfig, define_gemm, define_store_epilogue, emit_gemm_call,
-                                 emit_standalone_gemm, host_vector_bytes, pack_elements,
-                                 store_context)
+from gradc.backends.gemm import (GemmConfig, define_gemm, define_pack_a_rows, define_store_epilogue,
+                                 emit_gemm_call, emit_pack_a_rows, emit_standalone_gemm, gemm_mr,
+                                 host_vector_bytes, pack_elements, packed_a_elements, store_context)
 from gradc.backends.jit import host_target_machine, optimize_module
 
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -72,6 +72,32 @@ def emit_split_gemm(module: ir.Module, name: str, fty: ir.Type, ta: bool, tb: bo
     bld.ret_void()
 
 
+def emit_prepacked_gemm(module: ir.Module, name: str, fty: ir.Type, tb: bool) -> None:
+    """`name(c, a, b, packed_a, pack0, pack1, dims=[M, N, K, S, R])` for a transposed A: rows [0, R)
+    and [R, M) of A packed by two `pack_a_rows` calls, then columns [0, S) and [S, N) of C as two
+    GEMM calls reading it (`prepacked_a`), each with its own pack region: what two threads do."""
+    define_gemm(module, fty, True, tb, prepacked_a=True)
+    define_pack_a_rows(module, fty)
+    epilogue = define_store_epilogue(module, f"{name}.epilogue", fty)
+    fb = FunctionBuilder(module, name, ["c", "a", "b", "packed_a", "pack0", "pack1"],
+                         {"M": 0, "N": 1, "K": 2, "S": 3, "R": 4})
+    fb.fn.linkage = ""  # callable from the test
+    c, a, b, packed_a, pack0, pack1 = fb.buffers
+    M, N, K, S, R = (fb.size([d]) for d in "MNKSR")
+    bld = fb.b
+    emit_pack_a_rows(bld, fty, packed_a, a, M, K, ir.Constant(ir.IntType(64), 0), R)
+    emit_pack_a_rows(bld, fty, packed_a, a, M, K, R, M)
+    columns = fb.entry_alloca(ir.IntType(64), "N")
+    bld.store(N, columns)
+    context = store_context(bld, fb.entry_alloca, [c, columns])
+    zero = ir.Constant(ir.IntType(64), 0)
+    for pack, begin, end in ((pack0, zero, S), (pack1, S, N)):
+        emit_gemm_call(bld, fty, packed_a, b, pack, M, N, K, True, tb, epilogue, context, begin, end, zero, M,
+                       prepacked_a=True)
+    bld.ret_void()
+
+
+PREPACKED = {f"prepacked_{d}_1{int(tb)}": (d, tb) for d in DTYPES for tb in (False, True)}
 SPLITS = {f"split_{'rows' if rows else 'cols'}_f32_{int(ta)}{int(tb)}": (ta, tb, rows)
           for ta, tb in [(False, False), (True, True), (True, False)] for rows in (False, True)}
 
@@ -85,6 +111,8 @@ class Compiled:
             emit_standalone_gemm(module, name, DTYPES[d][0], ta, tb, transform, config=config)
         for name, (ta, tb, rows) in SPLITS.items():
             emit_split_gemm(module, name, F32, ta, tb, rows)
+        for name, (d, tb) in PREPACKED.items():
+            emit_prepacked_gemm(module, name, DTYPES[d][0], tb)
         self.unoptimized = str(module)
         ref = llvm.parse_assembly(self.unoptimized)
         ref.verify()
@@ -96,6 +124,8 @@ class Compiled:
         self.fns = {name: proto(self.engine.get_function_address(name)) for name in VARIANTS}
         split = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)
         self.splits = {name: split(self.engine.get_function_address(name)) for name in SPLITS}
+        prepacked = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 7)
+        self.prepacked = {name: prepacked(self.engine.get_function_address(name)) for name in PREPACKED}
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +279,42 @@ def test_row_and_column_ranges_with_private_packs(compiled, name):
                               packs[1].ctypes.data, dims.ctypes.data)
         ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
         check(c, ref, K, np.float32)
+
+
+@pytest.mark.parametrize("name", list(PREPACKED))
+def test_a_transposed_a_packed_once_serves_every_column_range(compiled, name):
+    """All of a transposed A packed ahead in two row ranges (`pack_a_rows`, into exactly
+    `packed_a_elements`, ending at a guard page), then read by two GEMM calls over column ranges."""
+    d, tb = PREPACKED[name]
+    dtype = DTYPES[d][1]
+    rng = np.random.default_rng(2)
+    mr = gemm_mr()
+    # K below and above 64 (panels padded apart), partial last panels, empty ranges, K = 0
+    cases = [(13, 300, 37, 128, mr), (7, 70, 5, 64, 0), (200, 20, 16, 0, 96), (131, 9, 70, 9, 66),
+             (300, 130, 64, 64, 150), (1, 1, 1, 1, 0), (20, 33, 0, 17, 12)]
+    for M, N, K, S, R in cases:
+        g = Guarded()
+        a = g.array((K, M), dtype)
+        b = g.array((N, K) if tb else (K, N), dtype)
+        a[...] = rng.standard_normal(a.shape)
+        b[...] = rng.standard_normal(b.shape)
+        c = g.array((M, N), dtype)
+        c[...] = np.nan
+        packed_a = g.array((max(1, int(np.prod(packed_a_elements(M, K)))),), dtype)
+        packs = [g.array((int(np.prod(pack_elements(K, w, transpose_a=False))),), dtype, misalign=4)
+                 for w in (S, N - S)]
+        dims = np.array([M, N, K, S, R], np.int64)
+        compiled.prepacked[name](c.ctypes.data, a.ctypes.data, b.ctypes.data, packed_a.ctypes.data,
+                                 packs[0].ctypes.data, packs[1].ctypes.data, dims.ctypes.data)
+        ref = a.T.astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+        check(c, ref, K, dtype)
+
+
+def test_packed_a_elements_bound_the_packed_panels():
+    mr = gemm_mr()
+    assert packed_a_elements(600, "K") == (100, "K", mr + 1)
+    assert packed_a_elements(601, 64) == (101, 64, mr + 1)
+    assert packed_a_elements("M", "K") == ("M", "K", mr + 1)  # ceil(M / MR) <= M panels
 
 
 def test_vector_fma_in_optimized_ir(compiled):

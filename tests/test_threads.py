@@ -136,6 +136,21 @@ def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(para
     np.testing.assert_allclose(single[1], (a @ b).max(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_reducing_matmul_kernel_with_any_transposes(parallel_work, ta, tb):
+    """A transposed A is packed in a step of its own (`prepacks_a`); the kernel's tile epilogue
+    still finds its partial results (it once read the packed A's buffer in their place)."""
+    from gradc.backends.codegen import prepacks_a
+    fn = gc.jit(lambda a, b: gc.sum(gc.sigmoid((a.T if ta else a) @ (b.T if tb else b))))
+    a = RNG.standard_normal((129, 150) if ta else (150, 129))  # M < N: split by columns
+    b = RNG.standard_normal((200, 129) if tb else (129, 200))
+    want = (1 / (1 + np.exp(-((a.T if ta else a) @ (b.T if tb else b))))).sum()
+    assert prepacks_a(fn.lower(a, b).fusion.kernels[0]) == ta
+    for work in (float("inf"), 0.0):
+        parallel_work(work)
+        np.testing.assert_allclose(fn(a, b), want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [1024, 3001, 10_000])
 def test_weight_gradients_split_by_k_give_the_same_bits_on_any_thread_count(parallel_work, dtype, k):
@@ -208,3 +223,57 @@ def test_a_weight_gradient_over_a_symbolic_batch_splits_k_per_call(parallel_work
         np.testing.assert_array_equal(weight_gradient(dy, x), single)
         want = dy.astype(np.float64).T @ x.astype(np.float64)
         np.testing.assert_allclose(single, want, rtol=0, atol=1e-4 * max(np.abs(want).max(initial=0), 1))
+
+
+@pytest.fixture
+def balanced(monkeypatch):
+    """GEMM kernels compiled meanwhile claim shrinking chunks of columns however little their work,
+    the smallest a single panel: many claims, and a transposed A packed in a step of its own."""
+    from gradc.backends import codegen
+    monkeypatch.setattr(codegen, "DYNAMIC_WORK", 0)
+    monkeypatch.setattr(codegen, "MIN_CHUNK_WORK", 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_claimed_chunks_give_the_bits_of_one_thread(parallel_work, balanced, dtype):
+    """Threads claim chunks of columns from one counter for every kernel of the call in turn (a
+    transposed A packed between them first; a loss reduced per panel); whoever takes a chunk, the
+    bits are those of one thread, call after call, and match the interpreter."""
+    from gradc.backends.codegen import prepacks_a
+    cases = [(gc.value_and_grad(seed_loss, wrt=("U", "V")), [(150, 97), (7, 150), (133, 97), (133, 7)]),
+             (gc.jit(lambda a, b: (gc.tanh(a.T @ b.T), a @ a.T, gc.sum(gc.sigmoid(a.T @ a)))), [(129, 200), (333, 129)])]
+    for fn, shapes in cases:
+        args = arguments(shapes, dtype)
+        lowered = fn.lower(*args)
+        assert any(prepacks_a(k) for k in lowered.fusion.kernels)
+        parallel_work(float("inf"))
+        single = flatten(fn(*args))
+        parallel_work(0.0)
+        for _ in range(20):
+            for a, b in zip(single, flatten(fn(*args))):
+                np.testing.assert_array_equal(a, b)
+        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
+            np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
+
+
+def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(parallel_work, monkeypatch):
+    """`balances` is worked out per call from the dims: one compiled step takes both ways (equal
+    shares for a short batch; shrinking chunks and A packed ahead for a long one), same bits."""
+    from gradc.backends import codegen
+
+    def loss(U: gc.f64[100, 130], V: gc.f64[10, 100], x: gc.f64["B", 130], y: gc.f64["B", 10]):
+        return seed_loss(U, V, x, y)
+    monkeypatch.setattr(codegen, "DYNAMIC_WORK", 2 * 100 * 130 * 200)  # dU = dfᵀ x: from B = 200 on
+    step = gc.value_and_grad(loss, wrt=("U", "V"))
+    lowered = step.lower()
+    assert any(codegen.prepacks_a(k) for k in lowered.fusion.kernels)
+    for batch in (0, 1, 150, 200, 500):
+        args = [RNG.standard_normal(s) for s in [(100, 130), (10, 100), (batch, 130), (batch, 10)]]
+        parallel_work(float("inf"))
+        single = flatten(step(*args))
+        parallel_work(0.0)
+        for _ in range(3):
+            for a, b in zip(single, flatten(step(*args))):
+                np.testing.assert_array_equal(a, b)
+        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
