@@ -130,7 +130,9 @@ def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value,
 
 CLAIMS_TYPE = ir.LiteralStructType([I64.as_pointer(), I64, I64])
 """A thread's view of its call's chunk claims (`claim_chunks`): the counter the threads share, the
-claim this thread holds, and how many chunks the call's claiming kernels before this one had."""
+claim this thread holds (NO_CLAIM before its first), and how many chunks the call's claiming kernels
+before this one had."""
+NO_CLAIM = -1
 
 
 def emit_while(b: ir.IRBuilder, start: Sequence[ir.Value], keep_going: Callable[..., ir.Value],
@@ -218,17 +220,28 @@ class FunctionBuilder:
         that is slowed down (descheduled, or sharing its core) does fewer, and none waits for it at
         the next barrier for longer than a chunk. The chunks of all the call's claiming kernels are
         numbered on in one counter, so nothing resets it between kernels: the claim a thread finds
-        past this kernel's chunks is its first of the next kernel's."""
+        past this kernel's chunks is its first of the next kernel's. A thread takes its first claim
+        when it first gets here, so one that starts late (a helper woken from sleep) holds none up."""
         b = self.b
         counter = b.load(b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
         held, base = (b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, i)]) for i in (1, 2))
         first = b.load(base)
         end = b.add(first, count)
 
+        def claim() -> ir.Value:
+            return b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
+        before = b.block
+        holding = b.load(held)
+        with b.if_then(b.icmp_signed("==", holding, ir.Constant(I64, NO_CLAIM))):
+            claimed, claimed_in = claim(), b.block
+        start = b.phi(I64, name="claim.first")
+        start.add_incoming(holding, before)
+        start.add_incoming(claimed, claimed_in)
+
         def run(c: ir.Value) -> list[ir.Value]:
             body(b.sub(c, first))
-            return [b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")]
-        (last,) = emit_while(b, [b.load(held)], lambda c: b.icmp_unsigned("<", c, end), run, "claim")
+            return [claim()]
+        (last,) = emit_while(b, [start], lambda c: b.icmp_unsigned("<", c, end), run, "claim")
         b.store(last, held)
         b.store(end, base)
 

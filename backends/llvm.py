@@ -11,7 +11,8 @@ run (see `plan_memory`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -25,7 +26,7 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements, packed_a_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (CLAIMS_TYPE, FLOAT_TYPES, I32, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a,
+from .codegen import (CLAIMS_TYPE, NO_CLAIM, FLOAT_TYPES, I32, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a, balances,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, LINE, MAX_THREADS, declare_barrier, declare_external
@@ -112,6 +113,18 @@ def plan_memory(lifetimes: list[tuple[object, Buffer, int, int]]) -> MemoryPlan:
     return plan
 
 
+@dataclass(frozen=True)
+class Call:
+    """A step of the entry: a function, where its buffers are, whether every thread runs it (else
+    thread 0 alone), and the condition under which it runs at all, with the barrier after it:
+    condition(builder, product of dims, threads) -> i1, the same on every thread."""
+
+    function: ir.Function
+    locations: list
+    threaded: bool
+    condition: Callable[[ir.IRBuilder, Callable[[Sequence[Dim]], ir.Value], ir.Value], ir.Value] | None = None
+
+
 class ModuleBuilder:
     """Decides where each value lives, then emits the kernels, the entry point and the workspace size."""
 
@@ -194,19 +207,19 @@ class ModuleBuilder:
         calls = []
         for k in self.kernels:
             locations = [self.location[v] for v in k.writes + k.reads + self.scratch.get(k, [])]
-            if prepacks_a(k):
+            if prepacks_a(k):  # only when it `balances`: the same answer on every thread
                 packer = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, pack_step=True)
-                calls.append((packer.emit(), locations, packer.thread is not None))
+                calls.append(Call(packer.emit(), locations, True, functools.partial(balances, k)))
                 self.steps.append(f"{k.name}.pack_a")
             emitter = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols)
-            calls.append((emitter.emit(), locations, emitter.thread is not None))
+            calls.append(Call(emitter.emit(), locations, emitter.thread is not None))
             self.steps.append(k.name)
             if combines(k):
                 combine = KernelEmitter(self.module, k, k.writes, k.reads, self.symbols, combine_step=True)
-                calls.append((combine.emit(), locations, False))
+                calls.append(Call(combine.emit(), locations, False))
                 self.steps.append(f"{k.name}.combine")
         for j, v in self.output_copies:
-            calls.append(self._output_copy(j, v))
+            calls.append(Call(*self._output_copy(j, v)))
             self.steps.append(f"output{j}.copy")
         entry = self._build_entry(calls)
         workspace_size = self._build_workspace_size()
@@ -260,10 +273,8 @@ class ModuleBuilder:
         clock = _Clock(self.module, b, len(calls)) if self.profile else None
         claims = b.alloca(CLAIMS_TYPE, name="claims")  # see FunctionBuilder.claim_chunks
         counter = b.bitcast(b.gep(sync, [ir.Constant(I64, LINE)], inbounds=True), I64.as_pointer())
-        b.store(ir.Constant(CLAIMS_TYPE, [ir.Constant(I64.as_pointer(), None), 0, 0]), claims)
+        b.store(ir.Constant(CLAIMS_TYPE, [ir.Constant(I64.as_pointer(), None), NO_CLAIM, 0]), claims)
         b.store(counter, b.gep(claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
-        b.store(b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic"),
-                b.gep(claims, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
 
         def pointer(location: tuple[str, int]) -> ir.Value:
             kind, i = location
@@ -271,19 +282,26 @@ class ModuleBuilder:
                 return b.gep(workspace, [offsets[i]], inbounds=True)
             return b.load(b.gep(b.bitcast(args, PTR.as_pointer()), [ir.Constant(I64, i)], inbounds=True))
 
-        for n, (function, locations, threaded) in enumerate(calls, start=1):
+        arrivals = b.alloca(I64, name="arrivals")  # threads x the barriers passed
+        b.store(ir.Constant(I64, 0), arrivals)
+        for n, call in enumerate(calls):
             start = clock.now() if clock else None
-            operands = [pointer(loc) for loc in locations] + [dims]
-            if threaded:
-                b.call(function, operands + [thread, threads, claims])
-            else:
-                with b.if_then(main):
-                    b.call(function, operands)
-            with b.if_then(several):
-                b.call(declare_barrier(self.module), [sync, b.mul(threads, ir.Constant(I64, n))])
+            operands = [pointer(loc) for loc in call.locations] + [dims]
+            runs = ir.Constant(ir.IntType(1), 1) if call.condition is None else \
+                call.condition(b, lambda factors: product(b, dims, self.symbols, factors), threads)
+            with b.if_then(runs):
+                if call.threaded:
+                    b.call(call.function, operands + [thread, threads, claims])
+                else:
+                    with b.if_then(main):
+                        b.call(call.function, operands)
+                with b.if_then(several):
+                    target = b.add(b.load(arrivals), threads)
+                    b.store(target, arrivals)
+                    b.call(declare_barrier(self.module), [sync, target])
             if clock:
                 with b.if_then(main):
-                    clock.add(n - 1, start)
+                    clock.add(n, start)
         b.ret_void()
         return fn
 
