@@ -8,6 +8,7 @@ them. The elementwise formulas come from the op registry (`OpDef.scalar`).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 from llvmlite import ir
@@ -17,10 +18,11 @@ from gradc.ir.graph import Value
 from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
-from . import mathlib
+from . import chunks, mathlib
+from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut
 from .threads import MAX_THREADS
 
-I32, I64 = ir.IntType(32), ir.IntType(64)
+I64 = ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
 FLOAT_TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
 Coords = Sequence["ir.Value | None"]
@@ -128,35 +130,6 @@ def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value,
     b.position_at_end(done)
 
 
-CLAIMS_TYPE = ir.LiteralStructType([I64.as_pointer(), I64, I64])
-"""A thread's view of its call's chunk claims (`claim_chunks`): the counter the threads share, the
-claim this thread holds (NO_CLAIM before its first), and how many chunks the call's claiming kernels
-before this one had."""
-NO_CLAIM = -1
-
-
-def emit_while(b: ir.IRBuilder, start: Sequence[ir.Value], keep_going: Callable[..., ir.Value],
-               step: Callable[..., Sequence[ir.Value]], name: str) -> list[ir.Value]:
-    """Loop-carried values: from `start`, while keep_going(*values), values = step(*values) (which
-    may emit code, loops included). Returns the final values."""
-    fn = b.function
-    before = b.block
-    header, inner, done = (fn.append_basic_block(f"{name}.{part}") for part in ("header", "body", "done"))
-    b.branch(header)
-    b.position_at_end(header)
-    values = [b.phi(v.type, name=name) for v in start]
-    for phi, v in zip(values, start):
-        phi.add_incoming(v, before)
-    b.cbranch(keep_going(*values), inner, done)
-    b.position_at_end(inner)
-    following = step(*values)
-    for phi, v in zip(values, following):
-        phi.add_incoming(v, b.block)
-    b.branch(header)
-    b.position_at_end(done)
-    return values
-
-
 class FunctionBuilder:
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
@@ -198,106 +171,8 @@ class FunctionBuilder:
 
     def share(self, count: ir.Value, multiple: int = 1) -> tuple[ir.Value, ir.Value]:
         """This thread's part [begin, end) of range(count), cut at multiples of `multiple`."""
-        return self.cut(count, self.thread, multiple), self.cut(count, self.b.add(self.thread, ir.Constant(I64, 1)),
-                                                                multiple)
-
-    def cut(self, count: ir.Value, t: ir.Value, multiple: int = 1) -> ir.Value:
-        """Where part t of range(count) begins, when it is cut at multiples of `multiple` into a part
-        per thread."""
-        b = self.b
-        at = b.udiv(b.mul(count, t), self.threads)
-        if multiple > 1:  # the nearest multiple: 12.25 panels split 6 | 6.25, not 7 | 5.25
-            at = b.mul(b.udiv(b.add(at, ir.Constant(I64, multiple // 2)), ir.Constant(I64, multiple)),
-                       ir.Constant(I64, multiple))
-        last = b.icmp_unsigned(">=", t, self.threads)
-        return b.select(b.or_(last, b.icmp_unsigned(">", at, count)), count, at)
-
-    def claim_chunks(self, count: ir.Value, body: Callable[[ir.Value], None]) -> None:
-        """body(c) for the chunks c in range(count) this thread claims; every thread of the call must
-        run this (with the same count), and between them they run each chunk once.
-
-        A thread claims chunks one at a time from a counter shared by the call's threads, so a thread
-        that is slowed down (descheduled, or sharing its core) does fewer, and none waits for it at
-        the next barrier for longer than a chunk. The chunks of all the call's claiming kernels are
-        numbered on in one counter, so nothing resets it between kernels: the claim a thread finds
-        past this kernel's chunks is its first of the next kernel's. A thread takes its first claim
-        when it first gets here, so one that starts late (a helper woken from sleep) holds none up."""
-        b = self.b
-        counter = b.load(b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
-        held, base = (b.gep(self.claims, [ir.Constant(I32, 0), ir.Constant(I32, i)]) for i in (1, 2))
-        first = b.load(base)
-        end = b.add(first, count)
-
-        def claim() -> ir.Value:
-            return b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
-        before = b.block
-        holding = b.load(held)
-        with b.if_then(b.icmp_signed("==", holding, ir.Constant(I64, NO_CLAIM))):
-            claimed, claimed_in = claim(), b.block
-        start = b.phi(I64, name="claim.first")
-        start.add_incoming(holding, before)
-        start.add_incoming(claimed, claimed_in)
-
-        def run(c: ir.Value) -> list[ir.Value]:
-            body(b.sub(c, first))
-            return [claim()]
-        (last,) = emit_while(b, [start], lambda c: b.icmp_unsigned("<", c, end), run, "claim")
-        b.store(last, held)
-        b.store(end, base)
-
-    def column_chunks(self, N: ir.Value, nr: int, column_work: ir.Value, balance: ir.Value
-                      ) -> tuple[ir.Value, Callable[[ir.Value], tuple[ir.Value, ir.Value]]]:
-        """N columns (of `column_work` operations each) cut at multiples of `nr` into chunks for
-        `claim_chunks`: if `balance`, chunks that shrink as they go (each 1/(2 threads) of the panels
-        left, but at least MIN_CHUNK_WORK), so that the first claims cost little and the threads
-        finish close together; else one share per thread, as `share` cuts them. Returns the chunk
-        count and a function giving chunk c's [begin, end) columns."""
-        b, one, step = self.b, ir.Constant(I64, 1), ir.Constant(I64, nr)
-        panels = b.udiv(b.add(N, ir.Constant(I64, nr - 1)), step)
-        parts = b.mul(self.threads, ir.Constant(I64, 2))
-        least = b.udiv(ir.Constant(I64, MIN_CHUNK_WORK), b.add(b.mul(column_work, step), one))
-        least = b.select(b.icmp_unsigned("<", least, one), one, least)
-
-        def size(start: ir.Value) -> ir.Value:  # in panels, from panel `start` on
-            left = b.sub(panels, start)
-            share = b.udiv(b.add(left, b.sub(parts, one)), parts)
-            share = b.select(b.icmp_unsigned("<", share, least), least, share)
-            return b.select(b.icmp_unsigned(">", share, left), left, share)
-
-        def shrinking(c: ir.Value) -> ir.Value:  # the first panel of chunk c
-            _, start = emit_while(b, [ir.Constant(I64, 0), ir.Constant(I64, 0)],
-                                  lambda i, start: b.icmp_unsigned("<", i, c),
-                                  lambda i, start: [b.add(i, one), b.add(start, size(start))], "chunk")
-            return start
-        with b.if_else(balance) as (then, otherwise):
-            with then:
-                count_balanced, _ = emit_while(b, [ir.Constant(I64, 0), ir.Constant(I64, 0)],
-                                               lambda n, start: b.icmp_unsigned("<", start, panels),
-                                               lambda n, start: [b.add(n, one), b.add(start, size(start))],
-                                               "chunks")
-                balanced_block = b.block
-            with otherwise:
-                equal_block = b.block
-        count = b.phi(I64, name="chunks")
-        count.add_incoming(count_balanced, balanced_block)
-        count.add_incoming(self.threads, equal_block)
-
-        def bounds(c: ir.Value) -> tuple[ir.Value, ir.Value]:
-            with b.if_else(balance) as (then, otherwise):
-                with then:
-                    start = shrinking(c)
-                    balanced = [b.mul(start, step), b.mul(b.add(start, size(start)), step)]
-                    balanced_block = b.block
-                with otherwise:
-                    equal = [self.cut(N, t, nr) for t in (c, b.add(c, one))]
-                    equal_block = b.block
-            ends = [b.phi(I64) for _ in range(2)]
-            for phi, x, y in zip(ends, balanced, equal):
-                phi.add_incoming(x, balanced_block)
-                phi.add_incoming(y, equal_block)
-            first, last = (b.select(b.icmp_unsigned("<", end, N), end, N) for end in ends)
-            return first, last
-        return count, bounds
+        return tuple(emit_cut(self.b, count, t, self.threads, multiple)
+                     for t in (self.thread, self.b.add(self.thread, ir.Constant(I64, 1))))
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
              start: ir.Value | None = None, loop_id: ir.values.MDValue | None = None) -> None:
@@ -425,37 +300,42 @@ def k_chunk_rows(kernel: Kernel) -> Dim:
     return -(-k // k_chunks(kernel)) if isinstance(k, int) else k
 
 
-DYNAMIC_WORK = 32_000_000
-"""Operations (2·M·N·K) from which the threads of a GEMM kernel split by columns claim shrinking
-chunks of them, a transposed A packed between them in a step of its own, rather than take an equal
-share each (`balances`). Measured (two threads, interleaved): below it, the extra barrier and calls
-cost more than an uneven finish."""
-MIN_CHUNK_WORK = 2_000_000
-"""Operations in the smallest chunk a balanced GEMM kernel's threads claim."""
-
-
 def claims_columns(kernel: Kernel) -> bool:
     """A GEMM kernel whose threads take chunks of its columns (whole panels of NR, so that a panel's
     partial result, `partial_parts`, has one author): one split neither by rows nor by K."""
     return kernel.matmul is not None and not split_rows(kernel) and k_chunks(kernel) == 1
 
 
+def _gemm_dims(kernel: Kernel) -> list[Dim]:
+    """M, N and K of a GEMM kernel."""
+    mm = kernel.matmul
+    a = mm.operands[0]
+    return list(mm.result.type.shape) + [a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]]
+
+
+def may_balance(kernel: Kernel) -> bool:
+    """A `claims_columns` kernel that `balances` on some calls: its work is symbolic, or enough."""
+    if not claims_columns(kernel):
+        return False
+    dims = _gemm_dims(kernel)
+    return not all(isinstance(d, int) for d in dims) or 2 * math.prod(dims) >= chunks.DYNAMIC_WORK
+
+
 def prepacks_a(kernel: Kernel) -> bool:
-    """A `claims_columns` kernel with a transposed A, which its threads pack once between them in a
-    step of its own (when it `balances`), so that any thread can take any chunk of columns."""
-    return claims_columns(kernel) and kernel.matmul.attrs["transpose_a"]
+    """A kernel that `may_balance`, with a transposed A: when it balances, its threads pack A once
+    between them in a step of their own, so that any thread can take any chunk of columns."""
+    return may_balance(kernel) and kernel.matmul.attrs["transpose_a"]
 
 
 def balances(kernel: Kernel, b: ir.IRBuilder, size: Callable[[Sequence[Dim]], ir.Value],
              threads: ir.Value) -> ir.Value:
-    """Whether a `claims_columns` kernel's threads claim shrinking chunks (see DYNAMIC_WORK), from
-    its dims (`size`) and thread count: the same answer on every thread."""
-    mm = kernel.matmul
-    a = mm.operands[0]
-    kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
-    work = b.mul(size(list(mm.result.type.shape) + [kdim]), ir.Constant(I64, 2))
+    """Whether a `claims_columns` kernel's threads claim shrinking chunks (see chunks.DYNAMIC_WORK),
+    from its dims (`size`) and thread count: the same answer on every thread."""
+    if not may_balance(kernel):
+        return ir.Constant(ir.IntType(1), 0)
+    work = b.mul(size(_gemm_dims(kernel)), ir.Constant(I64, 2))
     return b.and_(b.icmp_unsigned(">", threads, ir.Constant(I64, 1)),
-                  b.icmp_unsigned(">=", work, ir.Constant(I64, DYNAMIC_WORK)))
+                  b.icmp_unsigned(">=", work, ir.Constant(I64, chunks.DYNAMIC_WORK)))
 
 
 def combines(kernel: Kernel) -> bool:
@@ -676,23 +556,18 @@ class KernelEmitter(FunctionBuilder):
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
         nr, zero = gemm_nr(fty), ir.Constant(I64, 0)
         balance = balances(self.kernel, bld, self.size, self.threads)
-        count, bounds = self.column_chunks(N, nr, bld.mul(bld.mul(M, K), ir.Constant(I64, 2)), balance)
+        count, bounds = emit_column_chunks(bld, N, nr, bld.mul(bld.mul(M, K), ir.Constant(I64, 2)), balance,
+                                           self.threads, self.entry_alloca)
+
+        prepacked = prepacks_a(self.kernel)
+        if prepacked:
+            a = bld.select(balance, self.packed_a, a)
 
         def chunk(c: ir.Value) -> None:
             first, last = bounds(c)
-
-            def call(prepacked: bool) -> None:
-                emit_gemm_call(bld, fty, self.packed_a if prepacked else a, b, pack, M, N, K, ta, tb, epilogue,
-                               context, first, last, zero, M, prepacked_a=prepacked)
-            if not ta:
-                call(False)
-                return
-            with bld.if_else(balance) as (packed, own):
-                with packed:
-                    call(True)
-                with own:
-                    call(False)
-        self.claim_chunks(count, chunk)
+            emit_gemm_call(bld, fty, a, b, pack, M, N, K, ta, tb, epilogue, context, first, last, zero, M,
+                           prepacked_a=balance if prepacked else False)
+        emit_claims(bld, self.claims, count, chunk)
 
     def _emit_pack_a(self) -> None:
         """This thread's share of the rows of a `prepacks_a` kernel's transposed A, packed."""
@@ -703,13 +578,13 @@ class KernelEmitter(FunctionBuilder):
         emit_pack_a_rows(self.b, FLOAT_TYPES[a.type.dtype], self.packed_a, self.pointer[a], M, K, begin, end)
 
     def _emit_k_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type) -> None:
-        """The chunks of K this thread claims (`claim_chunks`), each a GEMM of its rows of Aᵀ and B
+        """The chunks of K this thread claims (`chunks.emit_claims`), each a GEMM of its rows of Aᵀ and B
         into partial output c (see `k_chunks`)."""
         from .gemm import emit_gemm_call, pack_elements
         mm, bld = self.kernel.matmul, self.b
         a, b = mm.operands
         m, n = mm.result.type.shape
-        chunks, per_chunk = self._chunking(K)
+        count, per_chunk = self._chunking(K)
         pack = self.element(self.scratch, bld.mul(self.size(pack_elements(k_chunk_rows(self.kernel), n,
                                                                           transpose_a=True)), self.thread), fty)
         zero = ir.Constant(I64, 0)
@@ -723,7 +598,7 @@ class KernelEmitter(FunctionBuilder):
             b_rows = self.element(self.pointer[b], bld.mul(k0, N), fty)
             emit_gemm_call(bld, fty, a_rows, b_rows, pack, M, N, bld.sub(k1, k0), True, False, epilogue,
                            context, zero, N, zero, M)
-        self.claim_chunks(chunks, chunk)
+        emit_claims(bld, self.claims, count, chunk)
         cold_code(self.fn)
 
     def _store_tiles(self, out: ir.Value, N: ir.Value, fty: ir.Type) -> tuple[ir.Function, ir.Value]:

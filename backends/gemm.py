@@ -793,11 +793,15 @@ def emit_gemm_call(bld: ir.IRBuilder, fty: ir.Type, a: ir.Value, b: ir.Value, pa
                    M: ir.Value, N: ir.Value, K: ir.Value, transpose_a: bool, transpose_b: bool,
                    epilogue: ir.Function, context: ir.Value, n_begin: ir.Value, n_end: ir.Value,
                    m_begin: ir.Value, m_end: ir.Value, *, config: GemmConfig | None = None,
-                   prepacked_a: bool = False) -> None:
-    """Call the shared runtime's GEMM (`define_gemm`) at bld's position; the module only declares it."""
-    fn = runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config, prepacked_a), GEMM_TYPE,
-                         functools.partial(define_gemm, fty=fty, transpose_a=transpose_a,
-                                           transpose_b=transpose_b, config=config, prepacked_a=prepacked_a))
+                   prepacked_a: bool | ir.Value = False) -> None:
+    """Call the shared runtime's GEMM (`define_gemm`) at bld's position; the module only declares it.
+    `prepacked_a` may be decided at run time (an i1): `a` must then agree with it."""
+    def declared(prepacked: bool) -> ir.Function:
+        return runtime.declare(bld.module, gemm_name(fty, transpose_a, transpose_b, config, prepacked), GEMM_TYPE,
+                               functools.partial(define_gemm, fty=fty, transpose_a=transpose_a,
+                                                 transpose_b=transpose_b, config=config, prepacked_a=prepacked))
+    fn = declared(prepacked_a) if isinstance(prepacked_a, bool) else \
+        bld.select(prepacked_a, declared(True), declared(False))
     pointers = [bld.bitcast(x, PTR) for x in (a, b, pack)]
     bld.call(fn, pointers + [M, N, K, n_begin, n_end, m_begin, m_end, bld.bitcast(epilogue, PTR),
                              bld.bitcast(context, PTR)])

@@ -26,7 +26,8 @@ from gradc.ir.fusion import is_inline
 from .gemm import pack_elements, packed_a_elements
 from gradc.ir.ops import REDUCTION
 
-from .codegen import (CLAIMS_TYPE, NO_CLAIM, FLOAT_TYPES, I32, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a, balances,
+from .chunks import CLAIMS_TYPE, NO_CLAIM
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a, balances,
                       partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
 from .threads import ENTRY_TYPE, LINE, MAX_THREADS, declare_barrier, declare_external
@@ -271,10 +272,10 @@ class ModuleBuilder:
         several = b.icmp_unsigned(">", threads, ir.Constant(I64, 1))
         main = b.icmp_unsigned("==", thread, ir.Constant(I64, 0))
         clock = _Clock(self.module, b, len(calls)) if self.profile else None
-        claims = b.alloca(CLAIMS_TYPE, name="claims")  # see FunctionBuilder.claim_chunks
+        claims = b.alloca(CLAIMS_TYPE, name="claims")  # see chunks.emit_claims
         counter = b.bitcast(b.gep(sync, [ir.Constant(I64, LINE)], inbounds=True), I64.as_pointer())
         b.store(ir.Constant(CLAIMS_TYPE, [ir.Constant(I64.as_pointer(), None), NO_CLAIM, 0]), claims)
-        b.store(counter, b.gep(claims, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        b.store(counter, b.gep(claims, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 0)]))
 
         def pointer(location: tuple[str, int]) -> ir.Value:
             kind, i = location

@@ -40,7 +40,7 @@ I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
 ENTRY_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
 """A module's entry: (args, dims, workspace, sync, threads, thread). `sync` is two zeroed i64 a line
-apart, shared by the call's threads: the barrier's arrivals, then the counter chunks are claimed from (`FunctionBuilder.claim_chunks`)."""
+apart, shared by the call's threads: the barrier's arrivals, then the counter chunks are claimed from (backends/chunks.py)."""
 RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 """run: (control block, entry, args, dims, workspace, threads)."""
 

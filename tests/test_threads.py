@@ -136,8 +136,17 @@ def test_a_reducing_matmul_kernel_splits_rows_or_columns_with_the_same_bits(para
     np.testing.assert_allclose(single[1], (a @ b).max(), rtol=1e-12)
 
 
+@pytest.fixture
+def balanced(monkeypatch):
+    """GEMM kernels compiled meanwhile claim shrinking chunks of columns however little their work,
+    the smallest a single panel: many claims, and a transposed A packed in a step of its own."""
+    from gradc.backends import chunks
+    monkeypatch.setattr(chunks, "DYNAMIC_WORK", 0)
+    monkeypatch.setattr(chunks, "MIN_CHUNK_WORK", 0)
+
+
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-def test_a_reducing_matmul_kernel_with_any_transposes(parallel_work, ta, tb):
+def test_a_reducing_matmul_kernel_with_any_transposes(parallel_work, balanced, ta, tb):
     """A transposed A is packed in a step of its own (`prepacks_a`); the kernel's tile epilogue
     still finds its partial results (it once read the packed A's buffer in their place)."""
     from gradc.backends.codegen import prepacks_a
@@ -225,15 +234,6 @@ def test_a_weight_gradient_over_a_symbolic_batch_splits_k_per_call(parallel_work
         np.testing.assert_allclose(single, want, rtol=0, atol=1e-4 * max(np.abs(want).max(initial=0), 1))
 
 
-@pytest.fixture
-def balanced(monkeypatch):
-    """GEMM kernels compiled meanwhile claim shrinking chunks of columns however little their work,
-    the smallest a single panel: many claims, and a transposed A packed in a step of its own."""
-    from gradc.backends import codegen
-    monkeypatch.setattr(codegen, "DYNAMIC_WORK", 0)
-    monkeypatch.setattr(codegen, "MIN_CHUNK_WORK", 0)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_claimed_chunks_give_the_bits_of_one_thread(parallel_work, balanced, dtype):
     """Threads claim chunks of columns from one counter for every kernel of the call in turn (a
@@ -263,7 +263,7 @@ def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(par
 
     def loss(U: gc.f64[100, 130], V: gc.f64[10, 100], x: gc.f64["B", 130], y: gc.f64["B", 10]):
         return seed_loss(U, V, x, y)
-    monkeypatch.setattr(codegen, "DYNAMIC_WORK", 2 * 100 * 130 * 200)  # dU = dfᵀ x: from B = 200 on
+    monkeypatch.setattr(codegen.chunks, "DYNAMIC_WORK", 2 * 100 * 130 * 200)  # dU = dfᵀ x: from B = 200 on
     step = gc.value_and_grad(loss, wrt=("U", "V"))
     lowered = step.lower()
     assert any(codegen.prepacks_a(k) for k in lowered.fusion.kernels)
@@ -277,3 +277,16 @@ def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(par
                 np.testing.assert_array_equal(a, b)
         for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_gemm_too_small_to_balance_has_no_pack_step():
+    """Below DYNAMIC_WORK (static dims) the threads take one share each and pack their own A: no
+    pack step, no barrier for it; from it on (or with symbolic dims) the kernel packs A ahead."""
+    from gradc.backends.chunks import DYNAMIC_WORK
+    from gradc.backends.codegen import prepacks_a
+    fn = gc.jit(lambda a, b: a.T @ b)
+    for k, balanced_ in ((64, False), (DYNAMIC_WORK // (2 * 128 * 784) + 1, True)):
+        a, b = np.zeros((k, 128), np.float32), np.zeros((k, 784), np.float32)
+        lowered = fn.lower(a, b)
+        assert [prepacks_a(x) for x in lowered.fusion.kernels] == [balanced_]
+        assert any(s.endswith(".pack_a") for s in lowered.native.steps) == balanced_
