@@ -54,7 +54,10 @@ would copy the loops per branch.
 Threads: a GEMM call computes only the rows [m_begin, m_end) and columns [n_begin, n_end) of C.
 Splitting N at multiples of NR across threads gives each thread its own panels of B to pack, but
 every thread packs all of a transposed A; splitting M (at multiples of MR) the other way round.
-Each thread needs its own `pack` region of `pack_elements(K, width of its range)` elements.
+Each thread needs its own `pack` region of `pack_elements(K, width of its range)` elements. So that
+a large GEMM's columns can go in many chunks to whichever thread claims them (backends/chunks.py),
+its threads first pack all of a transposed A between them (`pack_a_rows`, by rows); the GEMM
+variant `prepacked_a` then reads it, and packs only B.
 
 Only alignment that is provable is claimed: the tile buffer is a 64-byte aligned alloca; the pack
 region is realigned to 64 bytes at run time (that is what `pack_elements`' slack pays for) but

@@ -241,9 +241,9 @@ def random_graphs(smooth: bool = False, dtypes=("f32", "f64"), max_ops: int = 12
                 else:
                     ok = [p for p in pool if _broadcasts(broadcast_shapes, ShapeError, x.shape, p.shape)]
                     other = draw(st.sampled_from(ok))
-                if name == "div":
+                if name == "div":  # a squashed denominator, never the other way round (1 / 0.0)
                     other = b.op("exp", b.op("tanh", other))
-                y = b.op(name, x, other) if draw(st.booleans()) or kind == "const_binary" \
+                y = b.op(name, x, other) if draw(st.booleans()) or kind == "const_binary" or name == "div" \
                     else b.op(name, other, x)
             elif kind == "matmul" and x.ndim == 2:
                 # x @ p, x @ p.T, x.T @ p: whichever contractions the pool allows
