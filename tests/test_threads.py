@@ -50,6 +50,19 @@ def flatten(result):
     return [a for item in result for a in flatten(item)] if isinstance(result, (tuple, list)) else [np.asarray(result)]
 
 
+def agree_on_any_thread_count(parallel_work, fn, args, lowered, calls=3, rtol=1e-10, atol=1e-12) -> None:
+    """fn(*args) on two threads gives the bits of one thread, call after call, and matches the
+    interpreter on the lowered graph."""
+    parallel_work(float("inf"))
+    single = flatten(fn(*args))
+    parallel_work(0.0)
+    for _ in range(calls):
+        for a, b in zip(single, flatten(fn(*args))):
+            np.testing.assert_array_equal(a, b)
+    for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parallel_results_are_bitwise_those_of_one_thread(parallel_work, case, dtype):
@@ -204,14 +217,7 @@ def test_a_narrow_layer_over_a_symbolic_batch_splits_rows_with_the_same_bits(par
     assert batch_rows and all(split_rows(k) for k in batch_rows)
     for batch in (1, 7, 300):
         args = [RNG.standard_normal(s) for s in [(32, 64), (10, 32), (batch, 64), (batch, 10)]]
-        parallel_work(float("inf"))
-        single = flatten(step(*args))
-        parallel_work(0.0)
-        for _ in range(3):
-            for a, b in zip(single, flatten(step(*args))):
-                np.testing.assert_array_equal(a, b)
-        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+        agree_on_any_thread_count(parallel_work, step, args, lowered)
 
 
 def test_a_weight_gradient_over_a_symbolic_batch_splits_k_per_call(parallel_work):
@@ -246,14 +252,8 @@ def test_claimed_chunks_give_the_bits_of_one_thread(parallel_work, balanced, dty
         args = arguments(shapes, dtype)
         lowered = fn.lower(*args)
         assert any(prepacks_a(k) for k in lowered.fusion.kernels)
-        parallel_work(float("inf"))
-        single = flatten(fn(*args))
-        parallel_work(0.0)
-        for _ in range(20):
-            for a, b in zip(single, flatten(fn(*args))):
-                np.testing.assert_array_equal(a, b)
-        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
-            np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
+        agree_on_any_thread_count(parallel_work, fn, args, lowered, calls=20,
+                                  rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
 
 
 def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(parallel_work, monkeypatch):
@@ -269,14 +269,7 @@ def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(par
     assert any(codegen.prepacks_a(k) for k in lowered.fusion.kernels)
     for batch in (0, 1, 150, 200, 500):
         args = [RNG.standard_normal(s) for s in [(100, 130), (10, 100), (batch, 130), (batch, 10)]]
-        parallel_work(float("inf"))
-        single = flatten(step(*args))
-        parallel_work(0.0)
-        for _ in range(3):
-            for a, b in zip(single, flatten(step(*args))):
-                np.testing.assert_array_equal(a, b)
-        for got, want in zip(single, interpret(lowered.graphs["optimized"], *args)):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+        agree_on_any_thread_count(parallel_work, step, args, lowered)
 
 
 def test_a_gemm_too_small_to_balance_has_no_pack_step():
