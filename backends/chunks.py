@@ -1,10 +1,11 @@
 """How the threads of a call share a GEMM kernel's work: chunks claimed one at a time from a counter.
 
 A thread claims a chunk, does it, and claims the next, so a thread that is slowed down (descheduled,
-or sharing its core with another process) does fewer chunks, and none waits for it at the next
-barrier for longer than a chunk. Which thread does a chunk never changes a bit of the result: a
-chunk is a range of whole output panels (or of K, into a partial output of its own), computed the
-same way by any thread.
+or sharing its core with another process) does fewer chunks, and the other waits for it at the next
+barrier for at most the chunk it holds. Which thread does a chunk never changes a bit of the result:
+a chunk is a range of whole output panels (or of K, into a partial output of its own; or of rows of
+a transposed A to pack), computed the same way by any thread. GEMMs split by rows (`split_rows`)
+and loop kernels keep a fixed share per thread: they are small, or narrow.
 
 The chunks of all the claiming kernels of a call are numbered on in one counter (the line after the
 barrier's in `sync`, zeroed by `run` before each call), so nothing resets it between kernels: the
@@ -138,7 +139,8 @@ def _define_column_chunks(module: ir.Module) -> ir.Function:
     b.position_at_end(ranges)
     panels = b.udiv(b.add(N, b.sub(nr, one)), nr)
     parts = b.mul(threads, ir.Constant(I64, 2))
-    least = b.udiv(least_work, b.add(b.mul(column_work, nr), one))
+    panel_work = b.add(b.mul(column_work, nr), one)
+    least = b.udiv(b.add(least_work, b.sub(panel_work, one)), panel_work)  # rounded up
     least = b.select(b.icmp_unsigned("<", least, one), one, least)
 
     def size(start: ir.Value) -> ir.Value:  # in panels, from panel `start` on

@@ -234,9 +234,10 @@ def split_rows(kernel: Kernel) -> bool:
     - Fewer panels of NR columns than threads leave a thread idle: rows (a classifier head's 10
       columns, say). With a panel or two each, columns still (interleaved, the small step's
       x Uᵀ, 2 panels, K = 784, was 15% slower split by rows: every thread packed all of Uᵀ).
-    - Split by columns, every thread packs all of a transposed A (M x K); split by rows, every
-      thread packs all of B (K x N). Rows win when A is transposed and M > N (measured,
-      interleaved: 3% faster at 1024 x 784 x 256, 2% slower at 2048 x 2048 x 512).
+    - Split by columns, every thread packs all of a transposed A (M x K), unless the kernel
+      `balances` (then they pack it once between them); split by rows, every thread packs all of
+      B (K x N). Rows win when A is transposed and M > N (measured, interleaved, before balancing:
+      3% faster at 1024 x 784 x 256, 2% slower at 2048 x 2048 x 512).
     The first rule needs N static (a symbolic batch of rows is fine: a narrow layer over any
     batch splits rows), the second both. A `combines` kernel keeps its partial results per row
     block of MR rows when it splits rows, per panel of NR columns otherwise."""
@@ -306,7 +307,7 @@ def claims_columns(kernel: Kernel) -> bool:
     return kernel.matmul is not None and not split_rows(kernel) and k_chunks(kernel) == 1
 
 
-def _gemm_dims(kernel: Kernel) -> list[Dim]:
+def gemm_dims(kernel: Kernel) -> list[Dim]:
     """M, N and K of a GEMM kernel."""
     mm = kernel.matmul
     a = mm.operands[0]
@@ -317,14 +318,15 @@ def may_balance(kernel: Kernel) -> bool:
     """A `claims_columns` kernel that `balances` on some calls: its work is symbolic, or enough."""
     if not claims_columns(kernel):
         return False
-    dims = _gemm_dims(kernel)
+    dims = gemm_dims(kernel)
     return not all(isinstance(d, int) for d in dims) or 2 * math.prod(dims) >= chunks.DYNAMIC_WORK
 
 
 def prepacks_a(kernel: Kernel) -> bool:
-    """A kernel that `may_balance`, with a transposed A: when it balances, its threads pack A once
-    between them in a step of their own, so that any thread can take any chunk of columns."""
-    return may_balance(kernel) and kernel.matmul.attrs["transpose_a"]
+    """A kernel that `may_balance`, with a transposed A of static M: when it balances, its threads
+    pack A once between them in a step of their own, so that any thread can take any chunk of
+    columns. (With M symbolic, the packed A's bound would be MR + 1 times A: see packed_a_elements.)"""
+    return may_balance(kernel) and kernel.matmul.attrs["transpose_a"] and isinstance(gemm_dims(kernel)[0], int)
 
 
 def balances(kernel: Kernel, b: ir.IRBuilder, size: Callable[[Sequence[Dim]], ir.Value],
@@ -333,7 +335,7 @@ def balances(kernel: Kernel, b: ir.IRBuilder, size: Callable[[Sequence[Dim]], ir
     from its dims (`size`) and thread count: the same answer on every thread."""
     if not may_balance(kernel):
         return ir.Constant(ir.IntType(1), 0)
-    work = b.mul(size(_gemm_dims(kernel)), ir.Constant(I64, 2))
+    work = b.mul(size(gemm_dims(kernel)), ir.Constant(I64, 2))
     return b.and_(b.icmp_unsigned(">", threads, ir.Constant(I64, 1)),
                   b.icmp_unsigned(">=", work, ir.Constant(I64, chunks.DYNAMIC_WORK)))
 
@@ -349,8 +351,9 @@ def combines(kernel: Kernel) -> bool:
 class KernelEmitter(FunctionBuilder):
     """Emits one fused kernel: `writes` are the values it stores, `reads` the buffers it loads.
 
-    GEMM kernels also take `scratch` (packing areas) and, if they `combine`, `partials`; with
-    `combine_step` this emits the kernel's combining function instead of its main one."""
+    GEMM kernels also take `scratch` (packing areas), if they `prepacks_a`, `packed_a`, and if they
+    `combine`, `partials`; with `combine_step` this emits the kernel's combining function instead of
+    its main one, with `pack_step` its step packing A."""
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
                  symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None,
@@ -509,15 +512,14 @@ class KernelEmitter(FunctionBuilder):
         self.nest([k.domain[a] for a in kept], outer, "o", shared=self.thread is not None)
 
     def _emit_matmul(self) -> None:
-        """A call of the shared runtime's GEMM for this thread's share of the output columns (or rows,
-        `split_rows`), whose per-tile callback (`emit_tile`, in a function of its own) evaluates the
-        kernel's fused ops."""
+        """Calls of the shared runtime's GEMM for the chunks of columns this thread claims (or its
+        share of the rows, `split_rows`; or its chunks of K, `k_chunks`), whose per-tile callback
+        (`emit_tile`, in a function of its own) evaluates the kernel's fused ops."""
         from .gemm import define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
-        m, n = mm.result.type.shape
-        kdim = a.type.shape[0] if ta else a.type.shape[1]
+        m, n, kdim = gemm_dims(self.kernel)
         fty = FLOAT_TYPES[mm.result.type.dtype]
         nr = gemm_nr(fty)
         bld = self.b
@@ -570,12 +572,18 @@ class KernelEmitter(FunctionBuilder):
         emit_claims(bld, self.claims, count, chunk)
 
     def _emit_pack_a(self) -> None:
-        """This thread's share of the rows of a `prepacks_a` kernel's transposed A, packed."""
-        from .gemm import emit_pack_a_rows, gemm_mr
-        a = self.kernel.matmul.operands[0]
+        """The blocks of rows of a `prepacks_a` kernel's transposed A this thread claims, packed."""
+        from .gemm import DEFAULT_CONFIG, emit_pack_a_rows
+        bld, a = self.b, self.kernel.matmul.operands[0]
         K, M = (self.size([d]) for d in a.type.shape)
-        begin, end = self.share(M, multiple=gemm_mr())
-        emit_pack_a_rows(self.b, FLOAT_TYPES[a.type.dtype], self.packed_a, self.pointer[a], M, K, begin, end)
+        rows = ir.Constant(I64, DEFAULT_CONFIG.mc)  # a multiple of MR
+
+        def block(c: ir.Value) -> None:
+            begin = bld.mul(c, rows)
+            end = bld.add(begin, rows)
+            emit_pack_a_rows(bld, FLOAT_TYPES[a.type.dtype], self.packed_a, self.pointer[a], M, K, begin,
+                             bld.select(bld.icmp_unsigned("<", end, M), end, M))
+        emit_claims(bld, self.claims, bld.udiv(bld.add(M, bld.sub(rows, ir.Constant(I64, 1))), rows), block)
 
     def _emit_k_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type) -> None:
         """The chunks of K this thread claims (`chunks.emit_claims`), each a GEMM of its rows of Aᵀ and B

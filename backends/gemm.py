@@ -746,6 +746,9 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
 PACK_A_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR] + [I64] * 4)
 
 
+assert A_PANEL_PAD <= 64, "packed_a_elements counts a panel's pad as at most K (paid from K = 64 on)"
+
+
 def packed_a_elements(M: int | str, K: int | str, config: GemmConfig | None = None) -> tuple:
     """Size of all of a transposed A packed by `pack_a_rows`, in elements, as factors (see
     `pack_elements`): ceil(M / MR) panels (M itself when symbolic) of K*MR elements plus a pad of at
@@ -778,7 +781,8 @@ def define_pack_a_rows(module: ir.Module, fty: ir.Type, config: GemmConfig | Non
     dst = bld.bitcast(dst, fty.as_pointer())
 
     def row_block(ic):
-        gemm.pack_a(bld.gep(dst, [gemm.a_panel_offset(ic)], inbounds=True), ic, _min(bld, _const(gemm.mc), bld.sub(m_end, ic)))
+        rows = _min(bld, _const(gemm.mc), bld.sub(m_end, ic))
+        gemm.pack_a(bld.gep(dst, [gemm.a_panel_offset(ic)], inbounds=True), ic, rows)
     _for(body, m_begin, m_end, gemm.mc, row_block, "pack_a.ic")
     bld.ret_void()
     return fn

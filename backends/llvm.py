@@ -1,6 +1,6 @@
 """Lowering a graph's kernels to one LLVM module with a single entry point.
 
-`gradc_entry(ptr args, ptr dims, ptr workspace, ptr barrier, i64 threads, i64 thread)` takes the
+`gradc_entry(ptr args, ptr dims, ptr workspace, ptr sync, i64 threads, i64 thread)` takes the
 input and output buffer addresses (inputs first), the values of the symbolic dims, and one workspace
 holding every temporary; it calls the kernels in order, so a compiled call is one native call.
 Python reaches it through `gradc_fast` (boundary.py), a builtin function that checks the numpy
@@ -10,26 +10,23 @@ run (see `plan_memory`).
 """
 from __future__ import annotations
 
-from collections import Counter
 import functools
-from typing import Callable, Sequence
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from llvmlite import ir
 
-from gradc.ir.fusion import FusionResult, Kernel
+from gradc.ir.fusion import FusionResult, Kernel, is_inline
 from gradc.ir.graph import Graph, Value
+from gradc.ir.ops import REDUCTION
 from gradc.ir.types import Dim
 
-from gradc.ir.fusion import is_inline
-
-from .gemm import pack_elements, packed_a_elements
-from gradc.ir.ops import REDUCTION
-
-from .chunks import CLAIMS_TYPE, NO_CLAIM
-from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, cold_code, combines, k_chunk_rows, k_chunks, prepacks_a, balances,
-                      partial_parts, product)
 from .boundary import ARRAY_EMPTY, emit_fast_call
+from .chunks import CLAIMS_TYPE, NO_CLAIM
+from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, balances, cold_code, combines,
+                      gemm_dims, k_chunk_rows, k_chunks, partial_parts, prepacks_a, product)
+from .gemm import pack_elements, packed_a_elements
 from .threads import ENTRY_TYPE, LINE, MAX_THREADS, declare_barrier, declare_external
 
 ALIGNMENT = 64
@@ -167,16 +164,14 @@ class ModuleBuilder:
                     lifetimes.append((v, Buffer(v.name, v.type.shape, v.type.np_dtype.itemsize), index[k], last))
             mm = k.matmul
             if mm is not None:  # the GEMM's packed panels of B (and of a transposed A)
-                a, b = mm.operands
-                kdim = a.type.shape[0] if mm.attrs["transpose_a"] else a.type.shape[1]
+                m, n, kdim = gemm_dims(k)
                 chunks = k_chunks(k)
-                factors = pack_elements(k_chunk_rows(k) if chunks > 1 else kdim, mm.result.type.shape[1],
-                                        transpose_a=mm.attrs["transpose_a"])
+                factors = pack_elements(k_chunk_rows(k) if chunks > 1 else kdim, n, transpose_a=mm.attrs["transpose_a"])
                 copies = (MAX_THREADS,)  # one packing area per thread
                 itemsize = mm.result.type.np_dtype.itemsize
                 buffers = [((k, "pack"), Buffer(f"{k.name}.pack", tuple(factors) + copies, itemsize, scratch=True))]
                 if prepacks_a(k):  # all of A, packed once for every thread, kept from its step to the GEMM's
-                    buffers.append(((k, "packed_a"), Buffer(f"{k.name}.packed_a", packed_a_elements(*mm.result.type.shape[:1], kdim),
+                    buffers.append(((k, "packed_a"), Buffer(f"{k.name}.packed_a", packed_a_elements(m, kdim),
                                                             itemsize, scratch=True)))
                 if chunks > 1:  # a partial output per chunk of K
                     buffers.append(((k, "partials"), Buffer(f"{k.name}.partials", (chunks,) + tuple(mm.result.type.shape),
@@ -197,9 +192,7 @@ class ModuleBuilder:
         terms = []
         for k in self.kernels:
             if k.matmul is not None:
-                a = k.matmul.operands[0]
-                kdim = a.type.shape[0] if k.matmul.attrs["transpose_a"] else a.type.shape[1]
-                terms.append(term(2, tuple(k.domain) + (kdim,)))
+                terms.append(term(2, tuple(k.domain) + (gemm_dims(k)[2],)))
             else:
                 terms.append(term(len(k.ops), k.domain))
         return terms
@@ -261,7 +254,8 @@ class ModuleBuilder:
 
     def _build_entry(self, calls: list) -> ir.Function:
         """Every thread runs the entry: shared kernels split their work, the others run on thread 0,
-        and all threads meet at a barrier after each kernel, since the next may read its results."""
+        and all threads meet at a barrier after each step that runs (a pack step runs only when its
+        GEMM `balances`), since the next may read its results."""
         fn = ir.Function(self.module, ENTRY_TYPE, ENTRY)
         cold_code(fn)
         args, dims, workspace, sync, threads, thread = fn.args
@@ -300,9 +294,9 @@ class ModuleBuilder:
                     target = b.add(b.load(arrivals), threads)
                     b.store(target, arrivals)
                     b.call(declare_barrier(self.module), [sync, target])
-            if clock:
-                with b.if_then(main):
-                    clock.add(n, start)
+                if clock:  # a step that does not run counts no time
+                    with b.if_then(main):
+                        clock.add(n, start)
         b.ret_void()
         return fn
 

@@ -3,8 +3,9 @@
 Each helper is a Python thread parked for good inside a native loop (`worker`, GIL released).
 A parallel call goes through `run`, also native: it publishes the job (the module's entry and
 its arguments) in a control block, bumps a sequence word, runs the entry as thread 0, and waits until
-every helper has run it as thread 1..n-1. The entry splits each kernel's work by thread index and
-meets at barriers between kernels, so results do not depend on timing.
+every helper has run it as thread 1..n-1. The entry shares each kernel's work out between the
+threads (by thread index, or in chunks they claim: chunks.py) and meets at barriers between
+kernels; results do not depend on timing.
 
 Idle helpers spin on the sequence word for `SPIN_ROUNDS` pauses (back-to-back training steps find
 them awake), then sleep on it with futex(2). A call that finds the helpers busy (another Python
@@ -40,7 +41,8 @@ I32, I64 = ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType(ir.IntType(8))
 ENTRY_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64])
 """A module's entry: (args, dims, workspace, sync, threads, thread). `sync` is two zeroed i64 a line
-apart, shared by the call's threads: the barrier's arrivals, then the counter chunks are claimed from (backends/chunks.py)."""
+apart, shared by the call's threads: the barrier's arrivals, then the counter chunks are claimed
+from (backends/chunks.py)."""
 RUN_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, PTR, I64])
 """run: (control block, entry, args, dims, workspace, threads)."""
 

@@ -3,8 +3,9 @@
     print(gc.value_and_grad(loss, wrt=("U", "V")).lower(*args).profile(*args))
 
 The profiled code is a second compilation of the same fused graph whose entry reads the clock
-around every step (a kernel, the combine step of a kernel that reduces its whole output, or a copy
-into an output) and the barrier after it, on the main thread: a step ends when every thread has
+around every step (a kernel, the step packing a large GEMM's transposed operand before it, the
+combine step of a kernel that reduces its whole output, or a copy into an output) and the barrier
+after it, on the main thread: a step ends when every thread has
 finished it. What the steps leave of a call's wall time is the boundary: argument checks, output
 allocation and waking the helper threads.
 """
@@ -19,8 +20,8 @@ from .backends.jit import NativeFunction
 
 @dataclass(frozen=True)
 class Step:
-    name: str      # k0, k0.combine, output1.copy
-    kind: str      # the kernel's fusion class (matmul, matmul+reduce, loop, ...), or combine / copy
+    name: str      # k0, k0.pack_a, k0.combine, output1.copy
+    kind: str      # the kernel's fusion class (matmul, matmul+reduce, loop, ...), or pack_a / combine / copy
     ops: str       # the ops it runs
     seconds: float  # per call
     flops: float   # per call; 0 where not counted

@@ -310,13 +310,6 @@ def test_a_transposed_a_packed_once_serves_every_column_range(compiled, name):
         check(c, ref, K, dtype)
 
 
-def test_packed_a_elements_bound_the_packed_panels():
-    mr = gemm_mr()
-    assert packed_a_elements(600, "K") == (100, "K", mr + 1)
-    assert packed_a_elements(601, 64) == (101, 64, mr + 1)
-    assert packed_a_elements("M", "K") == ("M", "K", mr + 1)  # ceil(M / MR) <= M panels
-
-
 def test_vector_fma_in_optimized_ir(compiled):
     width = host_vector_bytes() // 4
     fma = re.findall(rf"call <{width} x float> @llvm\.fma\.v{width}f32\(", compiled.optimized)

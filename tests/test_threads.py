@@ -50,6 +50,15 @@ def flatten(result):
     return [a for item in result for a in flatten(item)] if isinstance(result, (tuple, list)) else [np.asarray(result)]
 
 
+def packed_ahead(parallel_work, lowered, args) -> bool:
+    """Whether a two-thread call of `lowered` ran a step packing a transposed A (it is skipped when
+    its GEMM does not balance): timed by the profiler."""
+    parallel_work(0.0)
+    steps = [s for s in lowered.profile(*args, calls=2).steps if s.name.endswith(".pack_a")]
+    assert steps, "no pack step compiled"
+    return all(s.seconds > 0 for s in steps)
+
+
 def agree_on_any_thread_count(parallel_work, fn, args, lowered, calls=3, rtol=1e-10, atol=1e-12) -> None:
     """fn(*args) on two threads gives the bits of one thread, call after call, and matches the
     interpreter on the lowered graph."""
@@ -247,11 +256,12 @@ def test_claimed_chunks_give_the_bits_of_one_thread(parallel_work, balanced, dty
     bits are those of one thread, call after call, and match the interpreter."""
     from gradc.backends.codegen import prepacks_a
     cases = [(gc.value_and_grad(seed_loss, wrt=("U", "V")), [(150, 97), (7, 150), (133, 97), (133, 7)]),
-             (gc.jit(lambda a, b: (gc.tanh(a.T @ b.T), a @ a.T, gc.sum(gc.sigmoid(a.T @ a)))), [(129, 200), (333, 129)])]
+             (gc.jit(lambda a, b: (gc.tanh(a.T @ b.T), a @ a.T, gc.sum(gc.sigmoid(a.T @ a)))),
+              [(129, 200), (333, 129)])]
     for fn, shapes in cases:
         args = arguments(shapes, dtype)
         lowered = fn.lower(*args)
-        assert any(prepacks_a(k) for k in lowered.fusion.kernels)
+        assert any(prepacks_a(k) for k in lowered.fusion.kernels) and packed_ahead(parallel_work, lowered, args)
         agree_on_any_thread_count(parallel_work, fn, args, lowered, calls=20,
                                   rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5)
 
@@ -269,6 +279,7 @@ def test_a_symbolic_batch_decides_per_call_whether_to_claim_shrinking_chunks(par
     assert any(codegen.prepacks_a(k) for k in lowered.fusion.kernels)
     for batch in (0, 1, 150, 200, 500):
         args = [RNG.standard_normal(s) for s in [(100, 130), (10, 100), (batch, 130), (batch, 10)]]
+        assert packed_ahead(parallel_work, lowered, args) == (batch >= 200)
         agree_on_any_thread_count(parallel_work, step, args, lowered)
 
 
