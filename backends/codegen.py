@@ -543,19 +543,18 @@ class KernelEmitter(FunctionBuilder):
             emit_gemm_call(bld, fty, self.pointer[a], self.pointer[b], pack, M, N, K, ta, tb, epilogue, context,
                            zero, N, begin, end)
         else:
-            self._emit_column_chunks(M, N, K, fty, pack, epilogue, context)
+            self._emit_column_chunks(self.pointer[a], self.pointer[b], M, N, K, ta, tb, fty, pack, epilogue,
+                                     context)
         # a few dozen instructions per call: interleaved, the tiny step ran no slower unoptimized,
         # and the seed step's model compiled 19% faster
         cold_code(self.fn)
 
-    def _emit_column_chunks(self, M: ir.Value, N: ir.Value, K: ir.Value, fty: ir.Type, pack: ir.Value,
-                            epilogue: ir.Function, context: ir.Value) -> None:
+    def _emit_column_chunks(self, a: ir.Value, b: ir.Value, M: ir.Value, N: ir.Value, K: ir.Value, ta: bool,
+                            tb: bool, fty: ir.Type, pack: ir.Value, epilogue: ir.Function, context: ir.Value) -> None:
         """The chunks of columns this thread claims (`claims_columns`), a GEMM call each; a
         transposed A comes packed from the kernel's pack step if it `balances`."""
         from .gemm import emit_gemm_call, gemm_nr
-        bld, mm = self.b, self.kernel.matmul
-        a, b = (self.pointer[x] for x in mm.operands)
-        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
+        bld = self.b
         nr, zero = gemm_nr(fty), ir.Constant(I64, 0)
         balance = balances(self.kernel, bld, self.size, self.threads)
         count, bounds = emit_column_chunks(bld, N, nr, bld.mul(bld.mul(M, K), ir.Constant(I64, 2)), balance,
