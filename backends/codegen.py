@@ -19,6 +19,7 @@ from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
 from . import chunks, mathlib
+from .mathlib import declare_intrinsic, splat, type_suffix
 from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut
 from .threads import MAX_THREADS
 
@@ -29,13 +30,14 @@ Coords = Sequence["ir.Value | None"]
 
 
 class ScalarEmitter:
-    """The scalar vocabulary the ops' elementwise formulas are written in, emitted as LLVM IR."""
+    """The scalar vocabulary the ops' elementwise formulas are written in, emitted as LLVM IR; with
+    a vector `fty`, the same formula on every lane."""
 
     def __init__(self, builder: ir.IRBuilder, fty: ir.Type) -> None:
         self.b, self.fty = builder, fty
 
     def const(self, x: float) -> ir.Value:
-        return ir.Constant(self.fty, float(x))
+        return splat(self.fty, float(x))
 
     def add(self, a, b): return self.b.fadd(a, b)
     def sub(self, a, b): return self.b.fsub(a, b)
@@ -51,13 +53,11 @@ class ScalarEmitter:
     def sigmoid(self, x): return mathlib.emit_sigmoid(self.b, x)
 
     def sqrt(self, x):
-        return self.b.call(self.b.module.declare_intrinsic("llvm.sqrt", [self.fty]), [x])
+        return self.b.call(declare_intrinsic(self.b.module, "llvm.sqrt", self.fty, 1), [x])
 
     def maximum(self, a, b):
         """numpy.maximum: NaN if either side is NaN."""
-        fn = self.b.module.declare_intrinsic("llvm.maximum", [self.fty],
-                                             ir.FunctionType(self.fty, [self.fty, self.fty]))
-        return self.b.call(fn, [a, b])
+        return self.b.call(declare_intrinsic(self.b.module, "llvm.maximum", self.fty, 2), [a, b])
 
 
 def cold_code(fn: ir.Function) -> None:
@@ -217,6 +217,14 @@ class FunctionBuilder:
         return op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs)
 
 
+def _is_one(x: ir.Value) -> bool:
+    return isinstance(x, ir.Constant) and x.constant == 1
+
+
+def _bytes(fty: ir.Type) -> int:
+    return 4 if isinstance(fty, ir.FloatType) else 8
+
+
 def is_parallel(kernel: Kernel) -> bool:
     """Kernels whose work splits across threads without changing a single result bit: a GEMM by
     output columns or rows (`split_rows`; a reduction of its whole output sums partial results in a
@@ -358,7 +366,7 @@ class KernelEmitter(FunctionBuilder):
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
                  symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None,
                  pack_step: bool = False) -> None:
-        """`tile_of`: emit instead the per-tile body of that matmul kernel's epilogue (`emit_tile`);
+        """`tile_of`: emit instead the per-row body of that matmul kernel's epilogue (`emit_row`);
         `pack_step`: its step packing A (`prepacks_a`)."""
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
         extra = (["scratch"] if kernel.matmul is not None and tile_of is None else []) + \
@@ -369,9 +377,9 @@ class KernelEmitter(FunctionBuilder):
             super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}{suffix}", names + extra,
                              symbols, threaded=is_parallel(kernel) and not combine_step)
         else:
-            from .gemm import TILE_ARGS
-            super().__init__(module, f"{tile_of.name}.tile", names + extra, symbols, extra=TILE_ARGS)
-            self.extra[-1].add_attribute("noalias")  # the tile: the GEMM's own memory
+            from .gemm import ROW_ARGS
+            super().__init__(module, f"{tile_of.name}.row", names + extra, symbols, extra=ROW_ARGS)
+            self.extra[-1].add_attribute("noalias")  # the tile's row: the GEMM's own memory
         self.kernel = kernel
         self.combine_step, self.pack_step = combine_step, pack_step
         self.inside = {op.result for op in kernel.ops}
@@ -382,6 +390,11 @@ class KernelEmitter(FunctionBuilder):
         self.registers: dict[Value, ir.Value] = {}
         self.cache: dict[tuple, ir.Value] = {}
         self.matmul_value: ir.Value | None = None
+        # in a row epilogue (`emit_row`): its lanes (one per column), their mask (the columns that
+        # exist) and the coordinate that is the first lane's column; values there are vectors
+        self.lanes: int | None = None
+        self.mask: ir.Value | None = None
+        self.lane_coord: ir.Value | None = None
 
     # -- evaluation -------------------------------------------------------------------------------
     def coords_of(self, v: Value, domain_coords: Coords) -> list:
@@ -396,21 +409,20 @@ class KernelEmitter(FunctionBuilder):
         fty = FLOAT_TYPES[v.type.dtype]
         op = v.producer
         if v not in self.inside and v not in self.pointer:
-            result = self.inline_value(v)
+            result = self.broadcast(self.inline_value(v))
         elif v not in self.inside:
-            result = self.b.load(self.element(self.pointer[v], self.offset(coords, v.type.shape), fty))
+            result = self.read(self.pointer[v], coords, v.type.shape, fty)
         elif op.name == "matmul":
             result = self.matmul_value
         elif index_map(op, 0) is not None:  # elementwise ops and layout ops that are index maps
             args = [self.value_at(x, [None if a is None else coords[a] for a in index_map(op, i)])
                     for i, x in enumerate(op.operands)]
-            result = op.opdef.scalar(ScalarEmitter(self.b, fty), *args, **op.attrs) \
+            result = op.opdef.scalar(ScalarEmitter(self.b, self.lane_type(fty)), *args, **op.attrs) \
                 if op.opdef.kind == ELEMENTWISE else args[0]
         elif op.name == "reshape":  # same linear order: read the operand at this element's offset
             (x,) = op.operands
-            linear = self.offset(coords, v.type.shape)
-            result = self.inline_value(x) if x not in self.pointer else \
-                self.b.load(self.element(self.pointer[x], linear, fty))
+            result = self.broadcast(self.inline_value(x)) if x not in self.pointer else \
+                self.read(self.pointer[x], coords, v.type.shape, fty)
         else:
             raise AssertionError(f"{op.name} result read before its pass in kernel {self.kernel.name}")
         self.cache[key] = result
@@ -419,8 +431,76 @@ class KernelEmitter(FunctionBuilder):
     def store(self, v: Value, domain_coords: Coords) -> None:
         coords = self.coords_of(v, domain_coords)
         value = self.value_at(v, coords)
-        self.b.store(value, self.element(self.pointer[v], self.offset(coords, v.type.shape),
-                                         FLOAT_TYPES[v.type.dtype]))
+        at = self.element(self.pointer[v], self.offset(coords, v.type.shape), FLOAT_TYPES[v.type.dtype])
+        if self.lanes is None:
+            self.b.store(value, at)
+            return
+        stride = self.lane_stride(coords, v.type.shape)
+        assert stride is not None, f"{v.name}: a row epilogue stores values with a column axis only"
+        if _is_one(stride):
+            self._masked("store", value.type, [value, self.b.bitcast(at, value.type.as_pointer())])
+        else:
+            self._masked("scatter", value.type, [value, self._lane_pointers(at, stride)])
+
+    # -- lanes (a row epilogue) ---------------------------------------------------------------------
+    def lane_type(self, fty: ir.Type) -> ir.Type:
+        """The type of a value of element type `fty` here: a vector in a row epilogue."""
+        return fty if self.lanes is None else ir.VectorType(fty, self.lanes)
+
+    def broadcast(self, x: ir.Value) -> ir.Value:
+        """`x`, the same in every lane: in a row epilogue, a vector of it."""
+        if self.lanes is None:
+            return x
+        vty = ir.VectorType(x.type, self.lanes)
+        one = self.b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        lane0 = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), None)
+        return self.b.shuffle_vector(one, ir.Constant(vty, ir.Undefined), lane0)
+
+    def lane_stride(self, coords: Coords, shape: Shape) -> ir.Value | None:
+        """In a row epilogue: elements between consecutive lanes of a value at `coords` in a
+        row-major array of `shape`; None if no coordinate is the lane's (the same in every lane)."""
+        for axis, c in enumerate(coords):
+            if c is self.lane_coord:
+                return self.size(shape[axis + 1:])
+        return None
+
+    def read(self, pointer: ir.Value, coords: Coords, shape: Shape, fty: ir.Type) -> ir.Value:
+        """The element at `coords` of a row-major array of `shape`; in a row epilogue, the lanes'
+        elements: a masked vector load where they are contiguous, else a masked gather."""
+        at = self.element(pointer, self.offset(coords, shape), fty)
+        stride = None if self.lanes is None else self.lane_stride(coords, shape)
+        if stride is None:
+            return self.broadcast(self.b.load(at))
+        vty = self.lane_type(fty)
+        if _is_one(stride):
+            return self._masked("load", vty, [self.b.bitcast(at, vty.as_pointer())])
+        return self._masked("gather", vty, [self._lane_pointers(at, stride)])
+
+    def _lane_pointers(self, first: ir.Value, stride: ir.Value) -> ir.Value:
+        """The vector of the lanes' element pointers: `first`, then `stride` elements apart."""
+        bld, pty = self.b, first.type
+        size = ir.Constant(I64, _bytes(pty.pointee))
+        iota = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
+        steps = bld.mul(iota, self.broadcast(bld.mul(stride, size)))
+        addresses = bld.add(self.broadcast(bld.ptrtoint(first, I64)), steps)
+        return bld.inttoptr(addresses, ir.VectorType(pty, self.lanes))
+
+    def _masked(self, kind: str, vty: ir.VectorType, args: list[ir.Value]) -> ir.Value:
+        """llvm.masked.{load,store,gather,scatter} of `vty` under the lanes' mask: only the
+        columns that exist are read or written (zeros read elsewhere)."""
+        i32 = ir.IntType(32)
+        align = ir.Constant(i32, _bytes(vty.element))
+        pointers = args[-1].type
+        name = f"llvm.masked.{kind}.{type_suffix(vty)}.{'p0' if kind in ('load', 'store') else f'v{self.lanes}p0'}"
+        module = self.b.module
+        if kind == "load" or kind == "gather":
+            fnty = ir.FunctionType(vty, [pointers, i32, self.mask.type, vty])
+            call_args = args + [align, self.mask, splat(vty, 0.0)]
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [vty, pointers, i32, self.mask.type])
+            call_args = args + [align, self.mask]
+        fn = module.globals.get(name) or ir.Function(module, fnty, name)
+        return self.b.call(fn, call_args)
 
     # -- reductions --------------------------------------------------------------------------------
     def _reductions(self) -> list:
@@ -514,8 +594,8 @@ class KernelEmitter(FunctionBuilder):
     def _emit_matmul(self) -> None:
         """Calls of the shared runtime's GEMM for the chunks of columns this thread claims (or its
         share of the rows, `split_rows`; or its chunks of K, `k_chunks`), whose per-tile callback
-        (`emit_tile`, in a function of its own) evaluates the kernel's fused ops."""
-        from .gemm import define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context
+        (`emit_row`, in a function of its own) evaluates the kernel's fused ops."""
+        from .gemm import DEFAULT_CONFIG, define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -531,7 +611,8 @@ class KernelEmitter(FunctionBuilder):
             epilogue, context = self._store_tiles(self.pointer[mm.result], N, fty)
         else:
             tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
-            tile.emit_tile(nr)
+            vw = DEFAULT_CONFIG.vw(fty)  # no more lanes than N needs, in whole vectors
+            tile.emit_row(min(nr, -(-n // vw) * vw) if isinstance(n, int) else nr)
             epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
             own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
             context = store_context(bld, self.entry_alloca, own + [self._dims_arg])
@@ -627,37 +708,63 @@ class KernelEmitter(FunctionBuilder):
                             ir.Constant(I64, MAX_K_CHUNKS), chunks)
         return chunks, bld.udiv(bld.add(K, bld.sub(chunks, ir.Constant(I64, 1))), chunks)
 
-    def emit_tile(self, stride: int) -> None:
-        """The body of a matmul kernel's tile callback: the fused ops on each element of a finished
-        tile (rows `stride` elements apart); a reduction's sum over the tile goes into the partial
-        result of its part (`partial_parts`). This function's last arguments are TILE_ARGS."""
+    def emit_row(self, lanes: int) -> None:
+        """The body of a matmul kernel's epilogue, called per row of a finished tile: the fused
+        ops on the row's columns at once, as vectors of `lanes` (at most NR) with every load and
+        store masked to the `cols` that exist (the other lanes read zeros: the tile's padding
+        may hold anything, and denormals there made the step 5x slower); a reduction's total over
+        the row goes into the partial result of its part (`partial_parts`). This function's last
+        arguments are ROW_ARGS."""
         fty = FLOAT_TYPES[self.kernel.matmul.result.type.dtype]
         bld = self.b
-        i0, j0, rows, cols, tile = self.extra
-        accs = self._accumulators(self._reductions())
+        i, j0, cols, row = self.extra
+        self.lanes, self.lane_coord = lanes, j0
+        i32 = ir.IntType(32)
+        iota = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
+        self.mask = bld.icmp_unsigned("<", iota, self.broadcast(bld.trunc(cols, i32)))
+        vty = self.lane_type(fty)
+        self.matmul_value = self._masked("load", vty, [bld.bitcast(row, vty.as_pointer())])
+        coords = [i, j0]
         d_writes, _ = self._split_writes()
-
-        def row(r: ir.Value) -> None:
-            i = bld.add(i0, r, flags=("nuw", "nsw"))
-            start = bld.mul(r, ir.Constant(I64, stride), flags=("nuw", "nsw"))
-
-            def col(c: ir.Value) -> None:
-                self.cache = {}
-                self.matmul_value = bld.load(self.element(tile, bld.add(start, c, flags=("nuw", "nsw")), fty))
-                coords = [i, bld.add(j0, c, flags=("nuw", "nsw"))]
-                self._accumulate(accs, coords)
-                self._epilogue(coords, d_writes)
-            self.loop(cols, col, "tile.c", loop_id=short_loop_id(self.fn.module))  # cols <= stride
-        self.loop(rows, row, "tile.r")
-        if accs:  # a part's tiles come in order along it: its first has the other coordinate 0
+        self._epilogue(coords, d_writes)
+        reductions = self._reductions()
+        if reductions:  # a part's tiles come in order along it: its first row has the other coordinate 0
             axis, size = partial_parts(self.kernel)
-            along, across = (i0, j0) if axis == 0 else (j0, i0)
+            along, across = (i, j0) if axis == 0 else (j0, i)
             part = bld.udiv(along, ir.Constant(I64, size))
             first = bld.icmp_unsigned("==", across, ir.Constant(I64, 0))
-            for slot, (r, acc) in zip(self._partial_slots(part), accs.items()):
-                tile_total = bld.load(acc)
-                bld.store(bld.select(first, tile_total, self._combine(r, bld.load(slot), tile_total)), slot)
+            if axis == 0:  # and is the first row of its block of rows
+                first = bld.and_(first, bld.icmp_unsigned("==", bld.urem(i, ir.Constant(I64, size)),
+                                                          ir.Constant(I64, 0)))
+            for slot, r in zip(self._partial_slots(part), reductions):
+                row_total = self._lane_total(r, self.value_at(r.operands[0], coords))
+                bld.store(bld.select(first, row_total, self._combine(r, bld.load(slot), row_total)), slot)
         bld.ret_void()
+
+    def _lane_total(self, r, x: ir.Value) -> ir.Value:
+        """The reduction `r` of the lanes of `x` that are columns, as a balanced tree (a fixed
+        order: the same bits on every call)."""
+        bld = self.b
+        identity = 0.0 if r.name == "reduce_sum" else float("-inf")
+        x = bld.select(self.mask, x, splat(x.type, identity))
+        width, rest = self.lanes, None
+        while width > 1:
+            if width % 2:  # the odd lane out joins at the end
+                last = bld.extract_element(x, ir.Constant(ir.IntType(32), width - 1))
+                rest = last if rest is None else self._combine(r, rest, last)
+                width -= 1
+                x = self._lanes_of(x, range(width))
+                continue
+            half = width // 2
+            x = self._combine(r, self._lanes_of(x, range(half)), self._lanes_of(x, range(half, width)))
+            width = half
+        total = bld.extract_element(x, ir.Constant(ir.IntType(32), 0)) if isinstance(x.type, ir.VectorType) else x
+        return total if rest is None else self._combine(r, total, rest)
+
+    def _lanes_of(self, x: ir.Value, lanes: range) -> ir.Value:
+        """A vector of the given lanes of `x`."""
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), len(lanes)), list(lanes))
+        return self.b.shuffle_vector(x, ir.Constant(x.type, ir.Undefined), mask)
 
     def _partial_slots(self, part: ir.Value) -> list[ir.Value]:
         """Where each reduction keeps its partial result for `part` (a panel or a row block)."""

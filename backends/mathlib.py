@@ -36,7 +36,8 @@ from typing import Callable
 
 from llvmlite import ir
 
-__all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_sigmoid", "emit_tanh"]
+__all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_sigmoid", "emit_tanh", "declare_intrinsic", "splat",
+           "like", "element_type"]
 
 
 def _f32(v: float) -> float:
@@ -81,6 +82,36 @@ _LOG_A64 = (0.666666666666667, 0.3999999999989889, 0.28571428626253836,
             0.14617807153417325)
 
 
+def element_type(ty: ir.Type) -> ir.Type:
+    """The type of one lane: `ty` itself unless it is a vector."""
+    return ty.element if isinstance(ty, ir.VectorType) else ty
+
+
+def like(ty: ir.Type, element: ir.Type) -> ir.Type:
+    """`element`, or a vector of it with as many lanes as `ty` has."""
+    return ir.VectorType(element, ty.count) if isinstance(ty, ir.VectorType) else element
+
+
+def splat(ty: ir.Type, value: float | int) -> ir.Constant:
+    """The constant `value` in every lane of `ty`."""
+    return ir.Constant(ty, [value] * ty.count) if isinstance(ty, ir.VectorType) else ir.Constant(ty, value)
+
+
+def type_suffix(ty: ir.Type) -> str:
+    """LLVM's overloaded-intrinsic suffix of a float, double or vector type: f32, v64f32, ..."""
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{type_suffix(ty.element)}"
+    return ty.intrinsic_name
+
+
+def declare_intrinsic(module: ir.Module, name: str, ty: ir.Type, arity: int) -> ir.Function:
+    """The intrinsic `name` overloaded on `ty` taking `arity` arguments of it. The signature is
+    always given: llvmlite guesses multi-argument ones wrong, and cannot name vector overloads."""
+    full = f"{name}.{type_suffix(ty)}"
+    existing = module.globals.get(full)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(ty, [ty] * arity), full)
+
+
 class _Prec:
     """What differs between float32 and float64 code."""
 
@@ -123,22 +154,19 @@ class _Emitter:
     def __init__(self, builder: ir.IRBuilder, ty: ir.Type) -> None:
         self.b = builder
         self.t = ty
-        self.p = _Prec(isinstance(ty, ir.FloatType))
+        self.p = _Prec(isinstance(element_type(ty), ir.FloatType))
+        self.ity = like(ty, self.p.ity)  # the integers of the same width, as many lanes
         self.mod = builder.module
 
     # constants
     def c(self, v: float) -> ir.Constant:
-        return ir.Constant(self.t, v)
+        return splat(self.t, v)
 
     def ci(self, v: int) -> ir.Constant:
-        return ir.Constant(self.p.ity, v)
+        return splat(self.ity, v)
 
-    # intrinsics; fnty is always passed because declare_intrinsic guesses
-    # wrong signatures for multi-argument intrinsics
     def _intr(self, name: str, args: list[ir.Value]) -> ir.Value:
-        fnty = ir.FunctionType(self.t, [self.t] * len(args))
-        fn = self.mod.declare_intrinsic(name, [self.t], fnty=fnty)
-        return self.b.call(fn, args)
+        return self.b.call(declare_intrinsic(self.mod, name, self.t, len(args)), args)
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
         return self._intr("llvm.fma", [a, b, c])
@@ -220,11 +248,11 @@ class _Emitter:
         if not precise:
             # callers that round 1 + r + w once anyway can skip the tail
             w = self.mul(self.mul(r, r), self.horner(r, p.exp_p))
-            return self.b.fptosi(n, p.ity), r, w
+            return self.b.fptosi(n, self.ity), r, w
         r_lo = self.fma(nn, self.c(p.ln2_lo), self.sub(r1, r))
         # e^(r + r_lo) - 1 ~= r + r^2 P(r) + r_lo (1 + r)
         w = self.fma(self.mul(r, r), self.horner(r, p.exp_p), self.fma(r_lo, r, r_lo))
-        return self.b.fptosi(n, p.ity), r, w
+        return self.b.fptosi(n, self.ity), r, w
 
     def div_comp(self, nh, nl, dh, dl) -> ir.Value:
         """(nh+nl)/(dh+dl) to about half an ulp, with one division."""
@@ -262,7 +290,7 @@ def _body_expm1(e: _Emitter, x: ir.Value) -> ir.Value:
     # representable: compute 2 * (2^(n-1) (1 + r + w) - 1/2) instead, which
     # also keeps 2^(n-1) finite right up to the overflow threshold.
     big = e.b.icmp_signed(">", n, e.ci(p.prec))
-    s = e.pow2(e.b.sub(n, e.b.zext(big, p.ity)))
+    s = e.pow2(e.b.sub(n, e.b.zext(big, e.ity)))
     head = e.sel(big, s, e.sub(s, e.c(1.0)))
     h, l = e.fast2sum(head, e.mul(s, r))
     l = e.add(l, e.sel(big, e.c(-0.5), e.c(0.0)))
@@ -280,7 +308,7 @@ def _body_log(e: _Emitter, x: ir.Value) -> ir.Value:
     tiny = e.lt(x, e.c(p.min_normal))
     xs = e.sel(tiny, e.mul(x, e.c(2.0 ** p.log_scale)), x)
     kadj = e.sel(tiny, e.c(-float(p.log_scale)), e.c(0.0))
-    ix = e.b.bitcast(xs, p.ity)
+    ix = e.b.bitcast(xs, e.ity)
     tmp = e.b.sub(ix, e.ci(p.log_off))
     k = e.b.ashr(tmp, e.ci(p.mant))
     m = e.b.bitcast(e.b.sub(ix, e.b.shl(k, e.ci(p.mant))), e.t)  # [sqrt.5, sqrt2)
@@ -358,8 +386,8 @@ def _body_tanh(e: _Emitter, x: ir.Value) -> ir.Value:
 def _helper(
     module: ir.Module, op: str, ty: ir.Type, body: Callable[[_Emitter, ir.Value], ir.Value]
 ) -> ir.Function:
-    """The module's ``gradc.<op>.<f32|f64>`` function, built on first use."""
-    name = f"gradc.{op}.{_Prec(isinstance(ty, ir.FloatType)).name}"
+    """The module's ``gradc.<op>.<type>`` function (f32, f64, v64f32, ...), built on first use."""
+    name = f"gradc.{op}.{type_suffix(ty)}"
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -373,8 +401,8 @@ def _helper(
 
 
 def _emit(builder: ir.IRBuilder, x: ir.Value, op: str, body) -> ir.Value:
-    if not isinstance(x.type, (ir.FloatType, ir.DoubleType)):
-        raise TypeError(f"gradc mathlib {op}: expected float or double, got {x.type}")
+    if not isinstance(element_type(x.type), (ir.FloatType, ir.DoubleType)):
+        raise TypeError(f"gradc mathlib {op}: expected float or double (or vectors of them), got {x.type}")
     return builder.call(_helper(builder.module, op, x.type, body), [x])
 
 
