@@ -19,7 +19,7 @@ from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
 from . import chunks, mathlib
-from .mathlib import declare_intrinsic, splat, type_suffix
+from .mathlib import declare_intrinsic, splat, type_suffix, undefined
 from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut
 from .threads import MAX_THREADS
 
@@ -452,9 +452,8 @@ class KernelEmitter(FunctionBuilder):
         if self.lanes is None:
             return x
         vty = ir.VectorType(x.type, self.lanes)
-        one = self.b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-        lane0 = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), None)
-        return self.b.shuffle_vector(one, ir.Constant(vty, ir.Undefined), lane0)
+        one = self.b.insert_element(undefined(vty), x, ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(one, undefined(vty), splat(ir.VectorType(ir.IntType(32), self.lanes), 0))
 
     def lane_stride(self, coords: Coords, shape: Shape) -> ir.Value | None:
         """In a row epilogue: elements between consecutive lanes of a value at `coords` in a
@@ -764,7 +763,7 @@ class KernelEmitter(FunctionBuilder):
     def _lanes_of(self, x: ir.Value, lanes: range) -> ir.Value:
         """A vector of the given lanes of `x`."""
         mask = ir.Constant(ir.VectorType(ir.IntType(32), len(lanes)), list(lanes))
-        return self.b.shuffle_vector(x, ir.Constant(x.type, ir.Undefined), mask)
+        return self.b.shuffle_vector(x, undefined(x.type), mask)
 
     def _partial_slots(self, part: ir.Value) -> list[ir.Value]:
         """Where each reduction keeps its partial result for `part` (a panel or a row block)."""

@@ -37,7 +37,7 @@ from typing import Callable
 from llvmlite import ir
 
 __all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_sigmoid", "emit_tanh", "declare_intrinsic", "splat",
-           "like", "element_type"]
+           "undefined", "like", "element_type"]
 
 
 def _f32(v: float) -> float:
@@ -92,9 +92,28 @@ def like(ty: ir.Type, element: ir.Type) -> ir.Type:
     return ir.VectorType(element, ty.count) if isinstance(ty, ir.VectorType) else element
 
 
+class _Short(ir.Constant):
+    """A vector constant with every lane the same, in LLVM's short form (`splat (float 1.0)`,
+    `undef`) rather than llvmlite's lane by lane: a row epilogue has 64 lanes."""
+
+    def __init__(self, ty: ir.VectorType, value: float | int | None, reference: str) -> None:
+        super().__init__(ty, [value] * ty.count)
+        self._reference = reference
+
+    def get_reference(self) -> str:
+        return self._reference
+
+
 def splat(ty: ir.Type, value: float | int) -> ir.Constant:
     """The constant `value` in every lane of `ty`."""
-    return ir.Constant(ty, [value] * ty.count) if isinstance(ty, ir.VectorType) else ir.Constant(ty, value)
+    if isinstance(ty, ir.VectorType):
+        return _Short(ty, value, f"splat ({ir.Constant(ty.element, value)})")
+    return ir.Constant(ty, value)
+
+
+def undefined(ty: ir.VectorType) -> ir.Constant:
+    """A vector whose lanes are all undefined (the operand a shufflevector leaves unread)."""
+    return _Short(ty, 0, "undef")
 
 
 def type_suffix(ty: ir.Type) -> str:

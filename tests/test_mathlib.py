@@ -315,6 +315,62 @@ def _specials(dtype):
     }
 
 
+def _vector_kernel(op: str, dtype, lanes: int):
+    """void k(ptr out, ptr in, i64 n): op on `lanes` elements at a time, as explicit vector IR
+    (the form a matmul's row epilogue takes); n a multiple of lanes."""
+    ty = ir.FloatType() if dtype == np.float32 else ir.DoubleType()
+    vty, i64 = ir.VectorType(ty, lanes), ir.IntType(64)
+    mod = ir.Module(name=f"mathlib_v{lanes}_{op}")
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ty.as_pointer(), ty.as_pointer(), i64]), "k")
+    out, inp, n = fn.args
+    entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+    b.position_at_end(loop)
+    i = b.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    x = b.load(b.bitcast(b.gep(inp, [i], inbounds=True), vty.as_pointer()), align=4)
+    y = getattr(mathlib, f"emit_{op}")(b, x)
+    b.store(y, b.bitcast(b.gep(out, [i], inbounds=True), vty.as_pointer()), align=4)
+    nxt = b.add(i, ir.Constant(i64, lanes), flags=("nuw", "nsw"))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
+    b.position_at_end(done)
+    b.ret_void()
+    tm = _host_tm()
+    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+    assert f'@"gradc.{op}.v{lanes}' in str(mod)
+    m = llvm.parse_assembly(str(mod))
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(m, pb)
+    engine = llvm.create_mcjit_compiler(m, tm)
+    engine.finalize_object()
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(engine.get_function_address("k"))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        y = np.empty_like(x)
+        fn(y.ctypes.data, x.ctypes.data, x.size)
+        return y
+    run.engine = engine  # kept alive with the function
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("op", OPS)
+def test_vector_types_give_the_scalar_bits(op, dtype):
+    """The helpers on explicit vectors (a row epilogue's `<64 x float>`, say) compute each lane
+    exactly as the scalar helper does: same bits, special values included."""
+    lanes = 64 if dtype == np.float32 else 32
+    x = (inputs_f32(op) if dtype == np.float32 else inputs_f64(op))[:lanes * 2000]
+    specials = [value for value, _ in _specials(dtype)[op]]
+    x = np.concatenate([x, np.resize(np.array(specials, dtype), lanes * 4)]).astype(dtype)
+    x = x[:x.size // lanes * lanes]
+    scalar, vector = kernel(op, dtype)(x), _vector_kernel(op, dtype, lanes)(x)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    assert np.array_equal(scalar.view(bits), vector.view(bits))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("op", OPS)
 def test_special_values(op, dtype):
