@@ -435,12 +435,7 @@ class KernelEmitter(FunctionBuilder):
         if self.lanes is None:
             self.b.store(value, at)
             return
-        stride = self.lane_stride(coords, v.type.shape)
-        assert stride is not None, f"{v.name}: a row epilogue stores values with a column axis only"
-        if _is_one(stride):
-            self._masked("store", value.type, [value, self.b.bitcast(at, value.type.as_pointer())])
-        else:
-            self._masked("scatter", value.type, [value, self._lane_pointers(at, stride)])
+        self._masked("store", value.type, [value, self._lanes_at(at, coords, v.type.shape, value.type)])
 
     # -- lanes (a row epilogue) ---------------------------------------------------------------------
     def lane_type(self, fty: ir.Type) -> ir.Type:
@@ -465,41 +460,35 @@ class KernelEmitter(FunctionBuilder):
 
     def read(self, pointer: ir.Value, coords: Coords, shape: Shape, fty: ir.Type) -> ir.Value:
         """The element at `coords` of a row-major array of `shape`; in a row epilogue, the lanes'
-        elements: a masked vector load where they are contiguous, else a masked gather."""
+        elements, by a masked vector load (or one load, if they are all the same element)."""
         at = self.element(pointer, self.offset(coords, shape), fty)
-        stride = None if self.lanes is None else self.lane_stride(coords, shape)
-        if stride is None:
+        if self.lanes is None or self.lane_stride(coords, shape) is None:
             return self.broadcast(self.b.load(at))
         vty = self.lane_type(fty)
-        if _is_one(stride):
-            return self._masked("load", vty, [self.b.bitcast(at, vty.as_pointer())])
-        return self._masked("gather", vty, [self._lane_pointers(at, stride)])
+        return self._masked("load", vty, [self._lanes_at(at, coords, shape, vty)])
 
-    def _lane_pointers(self, first: ir.Value, stride: ir.Value) -> ir.Value:
-        """The vector of the lanes' element pointers: `first`, then `stride` elements apart."""
-        bld, pty = self.b, first.type
-        size = ir.Constant(I64, _bytes(pty.pointee))
-        iota = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
-        steps = bld.mul(iota, self.broadcast(bld.mul(stride, size)))
-        addresses = bld.add(self.broadcast(bld.ptrtoint(first, I64)), steps)
-        return bld.inttoptr(addresses, ir.VectorType(pty, self.lanes))
+    def _lanes_at(self, first: ir.Value, coords: Coords, shape: Shape, vty: ir.VectorType) -> ir.Value:
+        """The vector of the lanes' elements that starts at `first`: contiguous, since fusion never
+        puts a transposed read in a kernel (`ir.fusion`: "it is read transposed"), so the column
+        is the array's last axis but for trailing axes of size 1."""
+        stride = self.lane_stride(coords, shape)
+        assert stride is not None and _is_one(stride), f"the lanes of a {shape} value are not contiguous"
+        return self.b.bitcast(first, vty.as_pointer())
 
     def _masked(self, kind: str, vty: ir.VectorType, args: list[ir.Value]) -> ir.Value:
-        """llvm.masked.{load,store,gather,scatter} of `vty` under the lanes' mask: only the
-        columns that exist are read or written (zeros read elsewhere)."""
+        """llvm.masked.load or .store of `vty` under the lanes' mask: only the columns that exist
+        are read (zeros elsewhere) or written."""
         i32 = ir.IntType(32)
         align = ir.Constant(i32, _bytes(vty.element))
-        pointers = args[-1].type
-        name = f"llvm.masked.{kind}.{type_suffix(vty)}.{'p0' if kind in ('load', 'store') else f'v{self.lanes}p0'}"
-        module = self.b.module
-        if kind == "load" or kind == "gather":
-            fnty = ir.FunctionType(vty, [pointers, i32, self.mask.type, vty])
-            call_args = args + [align, self.mask, splat(vty, 0.0)]
+        name = f"llvm.masked.{kind}.{type_suffix(vty)}.p0"
+        if kind == "load":
+            fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, self.mask.type, vty])
+            args = args + [align, self.mask, splat(vty, 0.0)]
         else:
-            fnty = ir.FunctionType(ir.VoidType(), [vty, pointers, i32, self.mask.type])
-            call_args = args + [align, self.mask]
-        fn = module.globals.get(name) or ir.Function(module, fnty, name)
-        return self.b.call(fn, call_args)
+            fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, self.mask.type])
+            args = args + [align, self.mask]
+        fn = self.b.module.globals.get(name) or ir.Function(self.b.module, fnty, name)
+        return self.b.call(fn, args)
 
     # -- reductions --------------------------------------------------------------------------------
     def _reductions(self) -> list:

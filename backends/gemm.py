@@ -73,7 +73,7 @@ from typing import Callable
 from llvmlite import ir
 
 from gradc.backends import runtime
-from gradc.backends.codegen import FunctionBuilder, emit_loop
+from gradc.backends.codegen import FunctionBuilder, emit_loop, short_loop_id
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -848,7 +848,7 @@ def define_store_epilogue(module: ir.Module, name: str, fty: ir.Type, config: Ge
         if transform is not None:
             x = transform(bld, x)
         bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
-    fb.loop(cols, col, "epi.c")
+    fb.loop(cols, col, "epi.c", loop_id=short_loop_id(module))
     bld.ret_void()
     return define_epilogue(fb.fn, name, linkage=linkage)
 

@@ -219,3 +219,40 @@ def test_matmul_operands_stay_out_of_its_kernel(plan):
     x = arrays("f32", (4, 4))
     for got, want in zip(NativeFunction(graph, plan(graph))(*x), interpret(graph, *x)):
         np.testing.assert_allclose(got, want, **TOLERANCE["f32"])
+
+
+def function_body(module_text: str, name: str) -> str:
+    """The body of function `name` in LLVM IR text."""
+    match = re.search(r'define [^\n]*@"' + re.escape(name) + r'"\(.*?\n\}', module_text, re.S)
+    assert match, f"no function {name}"
+    return match.group(0)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_matmul_epilogue_is_straight_line_vector_code(dtype):
+    """The fused ops after a matmul run per row of a finished tile, on all its columns at once:
+    a row function with no loop for LLVM to vectorize (the compile time that saves), its loads
+    and stores masked to the columns that exist."""
+    def layer(W, b, x):
+        return gc.sigmoid(x @ W.T + b)
+    lowered = check_against_interpreter(layer, arrays(dtype, (10, 5), (10,), (7, 5)), dtype)
+    row = function_body(lowered.native.llvm_ir_unoptimized, "k0.matmul.row")
+    element = "float" if dtype == "f32" else "double"
+    lanes = {int(n) for n in re.findall(r"<(\d+) x " + element + ">", row)}
+    assert len(lanes) == 1 and 10 <= lanes.pop() <= 64, "one vector width, covering the 10 columns"
+    assert "phi" not in row and "br " not in row, "straight-line code"
+    assert "llvm.masked.store" in row and "llvm.masked.load" in row
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("columns", [1, 10, 63, 64, 65, 130, "N"])
+def test_matmul_epilogue_at_every_column_count(dtype, columns):
+    """Rows of every width: a partial last vector, a partial last panel, several panels (threads
+    split the columns; with one panel, the rows), a symbolic width (all of a panel's lanes). The
+    loss's sum over the output is taken per row into its part's partial result."""
+    n = 130 if columns == "N" else columns
+    element = gc.f32 if dtype == "f32" else gc.f64
+
+    def loss(W: element[columns, 9], b: element[columns], x: element[13, 9]):
+        return gc.mean(gc.sigmoid(x @ W.T + b) ** 2)  # lanes past the columns would add 0.25 each
+    check_against_interpreter(loss, arrays(dtype, (n, 9), (n,), (13, 9)), dtype, wrt=("W", "b"))
