@@ -16,7 +16,7 @@ from gradc.ir.types import ShapeError, TensorType
 from gradc.ir.fusion import FusionResult, fuse
 
 from . import runtime
-from .boundary import FAST, PARALLEL_WORK, claim_workspace, fast_function, release_workspace
+from .boundary import ARRAY_EMPTY, PARALLEL_WORK, claim_workspace, fast_function, release_workspace
 from .llvm import ENTRY, PROFILE, WORKSPACE_SIZE, ModuleBuilder
 from .threads import POOL, run_address
 
@@ -104,7 +104,7 @@ class NativeFunction:
         self._workspace_size = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p)(
             self._engine.get_function_address(WORKSPACE_SIZE))
         self._prepare_call_path()
-        self.fast = self._fast_function()
+        self.fast = self._fast_function(builder.fast_description())
 
     def _prepare_call_path(self) -> None:
         """Decide at compile time everything a call would otherwise work out again."""
@@ -122,13 +122,13 @@ class NativeFunction:
         self._plans: dict[tuple[int, ...], tuple] = {}
         self._static_plan = None if self.symbols else self._plan(())
 
-    def _fast_function(self):
-        """The builtin function a call goes to first (boundary.emit_fast_call), or None where this
+    def _fast_function(self, description: list[int]):
+        """The builtin function a call goes to first (boundary.fast_function), or None where this
         Python or numpy lacks what it needs: then every call takes the Python path."""
-        address = self._engine.get_function_address(FAST)
-        if not address:
+        if ARRAY_EMPTY is None:
             return None
-        fast = fast_function(address, self._engine)
+        fast = fast_function(self._entry_address, self._engine.get_function_address(WORKSPACE_SIZE),
+                             description, self._engine)
         if self._static_plan is not None and claim_workspace(fast, self._static_plan[1]) is not None:
             release_workspace(fast)  # sized now: the first call can take the fast path
         return fast

@@ -3,8 +3,9 @@
 `gradc_entry(ptr args, ptr dims, ptr workspace, ptr sync, i64 threads, i64 thread)` takes the
 input and output buffer addresses (inputs first), the values of the symbolic dims, and one workspace
 holding every temporary; it calls the kernels in order, so a compiled call is one native call.
-Python reaches it through `gradc_fast` (boundary.py), a builtin function that checks the numpy
-arrays natively, or through the runtime's `run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
+Python reaches it through a builtin function (the shared `fast_call`, boundary.py, told of this
+module by `fast_description`) that checks the numpy arrays natively, or through the runtime's
+`run` (threads.py) with addresses it checked itself. `gradc_workspace_size(dims)`
 gives the workspace's size in bytes. Temporaries share workspace slots once their last reader has
 run (see `plan_memory`).
 """
@@ -22,7 +23,7 @@ from gradc.ir.graph import Graph, Value
 from gradc.ir.ops import REDUCTION
 from gradc.ir.types import Dim
 
-from .boundary import ARRAY_EMPTY, emit_fast_call
+from .boundary import describe
 from .chunks import CLAIMS_TYPE, NO_CLAIM
 from .codegen import (FLOAT_TYPES, I64, PTR, FunctionBuilder, KernelEmitter, balances, cold_code, combines,
                       gemm_dims, k_chunk_rows, k_chunks, partial_parts, prepacks_a, product)
@@ -215,12 +216,13 @@ class ModuleBuilder:
         for j, v in self.output_copies:
             calls.append(Call(*self._output_copy(j, v)))
             self.steps.append(f"output{j}.copy")
-        entry = self._build_entry(calls)
-        workspace_size = self._build_workspace_size()
-        if ARRAY_EMPTY is not None:
-            emit_fast_call(self.module, self.graph, entry, self.symbols, workspace_size, self._slot_terms(),
-                           self.work())
+        self._build_entry(calls)
+        self._build_workspace_size()
         return self.module
+
+    def fast_description(self) -> list[int]:
+        """What the shared `fast_call` needs to know of this function (boundary.describe)."""
+        return describe(self.graph, self.symbols, self._slot_terms(), self.work())
 
     def _slot_terms(self) -> list[list[Term]]:
         """Each workspace slot's buffers in bytes, alignment padding included: a bound of its size."""

@@ -394,8 +394,8 @@ def test_the_builtin_keeps_its_code_alive_without_a_reference_cycle():
 
 def test_without_the_builtin_every_call_takes_the_python_path(monkeypatch):
     """Where the header layouts or PyArray_Empty were not recognised, calls still work, in Python."""
-    import gradc.backends.llvm as lowering
-    monkeypatch.setattr(lowering, "ARRAY_EMPTY", None)
+    import gradc.backends.jit as jit
+    monkeypatch.setattr(jit, "ARRAY_EMPTY", None)
     f = gc.jit(lambda W, x, b: gc.tanh(x @ W.T + b))
     for batch in (3, 5, 3):
         args = args_for(batch)
