@@ -1,7 +1,9 @@
-"""The call boundary in native code: `gradc_fast`, a Python builtin that reads numpy arrays' headers.
+"""The call boundary in native code: `fast_call`, a Python builtin that reads numpy arrays' headers.
 
-Each compiled function has a `gradc_fast`, which Python calls as a builtin function
-(METH_FASTCALL), not through ctypes: learning an array's data address in Python costs about 0.7 µs,
+Each compiled function has a builtin (`gradc_fast`, made by `fast_function`) which Python calls
+as a C function (METH_FASTCALL), not through ctypes. All of them run the one `fast_call` of the
+shared runtime, each with a context that describes its function (`describe`: dtypes, ranks,
+extents and symbolic dims, the workspace bound, the work, the entry's address): learning an array's data address in Python costs about 0.7 µs,
 and a ctypes call 0.15 µs an argument, more than a tiny step's arithmetic. It reads the argument
 objects' headers, whose layout is numpy's public C struct `PyArrayObject_fields`, and checks what
 the Python path would: the exact type ndarray, the dtype, the rank, that the data is C-contiguous

@@ -81,6 +81,31 @@ def test_symbolic_dims_are_bound_and_checked_natively():
     assert fast(np.ones((6, 3)), x, b) is None  # M differs between W and b
 
 
+def test_every_function_shares_one_native_boundary_told_of_it_by_its_context():
+    """The boundary is the shared runtime's `fast_call`, not code in each model's module; a
+    function's context words describe what it takes, symbolic dims bound wherever they first occur
+    (here n from the second input, then checked against the third)."""
+    from gradc.backends.boundary import CONTEXT_DESCRIPTION, FAST_CALL
+    from gradc.backends.runtime import compiled_names
+
+    def pair(a: gc.f64[3, "n"], b: gc.f64["m", "n"], c: gc.f64["m"]):
+        return a @ b.T + c, gc.tanh(b)
+    args = [np.ones((3, 5)), np.full((4, 5), 0.5), np.arange(4.0)]
+    compiled = gc.jit(pair)
+    compiled(*args)  # sizes the workspace for these dims
+    native, other = native_of(compiled, *args), native_of(AFFINE, *args_for(3))
+    assert FAST_CALL in compiled_names()
+    assert "gradc_fast" not in native.llvm_ir_unoptimized
+    assert native.fast.__self__[2].function == other.fast.__self__[2].function  # the same C function
+    assert native.fast.__self__[0][CONTEXT_DESCRIPTION:CONTEXT_DESCRIPTION + 3].tolist() == [3, 2, 2]
+    out = native.fast(*args)
+    np.testing.assert_allclose(out[0], args[0] @ args[1].T + args[2])
+    np.testing.assert_allclose(out[1], np.tanh(args[1]))
+    assert native.fast(args[0], np.ones((4, 6)), args[2]) is None  # n differs between a and b
+    assert native.fast(args[0], args[1], np.ones(3)) is None  # m differs between b and c
+    assert native.fast(args[0], args[1][:2], args[2][:2]) is not None  # another m, consistently
+
+
 def test_a_workspace_too_small_for_new_dims_sends_the_call_to_python_which_grows_it():
     rng = np.random.default_rng(3)
 
