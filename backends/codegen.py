@@ -99,16 +99,6 @@ class _LoopID(ir.values.MDValue):
                                                       [h.get_reference() for h in self.operands])), "\n")
 
 
-def short_loop_id(module: ir.Module) -> ir.values.MDValue:
-    """Hints for a loop of at most a few vectors' worth of iterations: vectorize it with masked
-    loads and stores for the last iterations, instead of adding a vectorized and a scalar remainder
-    loop (each a copy of the body). Measured on the seed step's GEMM epilogues: a third less
-    optimization and code generation time, no slower."""
-    predicate = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.predicate.enable"),
-                                     ir.Constant(ir.IntType(1), 1)])
-    return _LoopID(module, [predicate])
-
-
 def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, step: int,
               body: Callable[[ir.Value], None], name: str, loop_id: ir.values.MDValue | None = None) -> None:
     """for (i = start; i < stop; i += step) body(i), at b's position in fn; `loop_id`: its `!llvm.loop`."""
@@ -583,7 +573,8 @@ class KernelEmitter(FunctionBuilder):
         """Calls of the shared runtime's GEMM for the chunks of columns this thread claims (or its
         share of the rows, `split_rows`; or its chunks of K, `k_chunks`), whose per-tile callback
         (`emit_row`, in a function of its own) evaluates the kernel's fused ops."""
-        from .gemm import DEFAULT_CONFIG, define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements, store_context
+        from .gemm import (DEFAULT_CONFIG, define_epilogue, emit_gemm_call, gemm_mr, gemm_nr, pack_elements,
+                           store_context, tile_rows)
         mm = self.kernel.matmul
         a, b = mm.operands
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
@@ -601,9 +592,10 @@ class KernelEmitter(FunctionBuilder):
             tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
             vw = DEFAULT_CONFIG.vw(fty)  # no more lanes than N needs, in whole vectors
             tile.emit_row(min(nr, -(-n // vw) * vw) if isinstance(n, int) else nr)
-            epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue")
+            row_epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue", rows=True)
             own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
-            context = store_context(bld, self.entry_alloca, own + [self._dims_arg])
+            epilogue = tile_rows(self.fn.module, fty)
+            context = store_context(bld, self.entry_alloca, [row_epilogue] + own + [self._dims_arg])
         per_thread = self.size(pack_elements(kdim, n, transpose_a=ta))  # each thread its own
         pack = self.element(self.scratch, bld.mul(per_thread, self.thread), fty)
         zero = ir.Constant(I64, 0)

@@ -1,10 +1,10 @@
-"""A register-blocked matrix multiply emitted as LLVM IR, with a per-row epilogue callback.
+"""A register-blocked matrix multiply emitted as LLVM IR, with a per-tile epilogue callback.
 
 `define_gemm` defines a function computing C = op(A) @ op(B) (or a range of its rows and columns) for
 run-time sizes M, N, K. C never exists as a whole: each MR x NR output tile is accumulated over all
 of K in vector registers, stored into a small tile buffer, and handed to the caller's epilogue, a
-function pointer the GEMM calls per row of the tile (store into the real output, fuse a bias and a
-sigmoid, reduce...). The GEMM depends only on the dtype, the transposes and the configuration, so it lives
+function pointer the GEMM calls per tile (store into the real output, fuse a bias and a sigmoid,
+reduce...). The GEMM depends only on the dtype, the transposes and the configuration, so it lives
 in the process-wide shared runtime (backends/runtime.py): a model's module declares it and calls
 it (`emit_gemm_call`) with its own epilogues (`define_epilogue`).
 
@@ -46,8 +46,8 @@ functions emitted once per module (`_shared`, named by dtype, vector width and s
 the GEMMs' blocking loops. The seed network's training step (5 matmul kernels) compiled in ~1.0 s
 with a GEMM inlined per kernel, ~0.4 s with shared helpers in the model's module, and ~0.1 s (after
 the process's first model) with the GEMMs in the shared runtime, at the same GFLOP/s
-(benchmarks/gemm.py). The epilogue calls cost nothing measurable: a tile is MR x NR x K
-multiply-adds, and its MR rows are MR calls. Branches around the helpers' calls that are invariant in the blocking loops are
+(benchmarks/gemm.py). The epilogue call per tile costs nothing measurable: a tile is MR x NR x K
+multiply-adds. Branches around the helpers' calls that are invariant in the blocking loops are
 avoided where possible (the pack routine tests its `run` flag itself): LLVM's loop unswitching
 would copy the loops per branch.
 
@@ -73,7 +73,7 @@ from typing import Callable
 from llvmlite import ir
 
 from gradc.backends import runtime
-from gradc.backends.codegen import FunctionBuilder, emit_loop, short_loop_id
+from gradc.backends.codegen import FunctionBuilder, emit_loop
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -689,14 +689,16 @@ class _Gemm:
 # -- the GEMM as a runtime function ------------------------------------------------------------------
 
 PTR = I8.as_pointer()
-EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64, PTR])
-"""`void epilogue(ptr context, i64 i, i64 j0, i64 cols, ptr row)`: called by the GEMM for every row
-of a finished tile, in order, with the context pointer the caller passed (see `emit_gemm_call`).
-Per row rather than per tile, a fused epilogue is straight-line vector code over the row's NR
-lanes, with no loop for LLVM to analyse and vectorize: measured, a third of the instructions
-LLVM spent on the tile loop of the seed step's epilogues."""
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64, I64, PTR])
+"""`void epilogue(ptr context, i64 i0, i64 j0, i64 rows, i64 cols, ptr tile)`: called by the GEMM
+for every finished tile, with the context pointer the caller passed (see `emit_gemm_call`)."""
+TILE_ARGS = [("i0", I64), ("j0", I64), ("rows", I64), ("cols", I64), ("tile", PTR)]
+"""The trailing arguments of a tile epilogue's body (see `define_epilogue`)."""
+ROW_EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, I64, PTR])
+"""`void row_epilogue(ptr context, i64 i, i64 j0, i64 cols, ptr row)`: what the runtime's
+`tile_rows` epilogue calls for each row of a tile, in order (see `row_epilogue`)."""
 ROW_ARGS = [("i", I64), ("j0", I64), ("cols", I64), ("row", PTR)]
-"""The trailing arguments of an epilogue's body (see `define_epilogue`)."""
+"""The trailing arguments of a row epilogue's body (see `define_epilogue`)."""
 GEMM_TYPE = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64] * 7 + [PTR, PTR])
 GEMM_ARGS = ["a", "b", "pack", "M", "N", "K", "n_begin", "n_end", "m_begin", "m_end", "epilogue", "context"]
 
@@ -717,10 +719,10 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
 
     It computes the rows [m_begin, m_end) and columns [n_begin, n_end) of C = op(A) @ op(B)
     (0 <= n_begin <= n_end <= N, the same for rows; all of C: 0, N, 0, M) and calls `epilogue(context,
-    i, j0, cols, row)` (an EPILOGUE_TYPE function pointer) for each row of every MR x NR tile of C,
-    once the tile is complete: the tiles in no particular order, a tile's rows in order. row[c]
-    holds C[i, j0 + c] for c < cols <= NR (NR = gemm_nr); row[c] for cols <= c < NR is padding,
-    safe to read (the tile buffer always has NR columns) but never to be stored.
+    i0, j0, rows, cols, tile)` (an EPILOGUE_TYPE function pointer) for every MR x NR tile of C, in no
+    particular order, once it is complete: tile[r*NR + c] holds C[i0 + r, j0 + c] for r < rows <= MR,
+    c < cols <= NR (NR = gemm_nr); tile[r*NR + c] for cols <= c < NR is padding, safe to read (the
+    tile buffer always has NR columns) but never to be stored.
     a: M x K row-major (K x M if transpose_a); b: K x N (N x K if transpose_b); pack: scratch of
     pack_elements(K, n_end - n_begin) elements, private to the call. Column ranges split at multiples
     of NR keep every panel full; row ranges at multiples of MR every tile. `prepacked_a` (transposed
@@ -741,11 +743,7 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     callback = body.b.bitcast(epilogue, EPILOGUE_TYPE.as_pointer())
 
     def call_epilogue(i0, j0, rows, cols, tile):
-        def row(r):
-            i = body.b.add(i0, r, flags=NUW_NSW)
-            start = body.b.gep(tile, [body.b.mul(r, _const(gemm_nr(fty, config)), flags=NUW_NSW)], inbounds=True)
-            body.b.call(callback, [context, i, j0, cols, body.b.bitcast(start, PTR)])
-        _for(body, _const(0), rows, 1, row, "gemm.epilogue.r")
+        body.b.call(callback, [context, i0, j0, rows, cols, body.b.bitcast(tile, PTR)])
     _Gemm(body, fty, a, b, M, N, K, transpose_a, transpose_b, pack, call_epilogue,
           config, prepacked_a).emit_range(n_begin, n_end, m_begin, m_end)
     body.b.ret_void()
@@ -836,37 +834,75 @@ def store_epilogue(module: ir.Module, fty: ir.Type, config: GemmConfig | None = 
 def define_store_epilogue(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None = None,
                           transform: Callable[[ir.IRBuilder, ir.Value], ir.Value] | None = None,
                           linkage: str = "internal") -> ir.Function:
-    """The EPILOGUE_TYPE function `name` storing transform(row) into C (M x N row-major);
+    """The EPILOGUE_TYPE function `name` storing transform(tile) into C (M x N row-major);
     context = [c, pointer to N as i64] (`store_context`)."""
-    fb = FunctionBuilder(module, f"{name}.body", ["c"], {"N": 0}, extra=ROW_ARGS)
+    fb = FunctionBuilder(module, f"{name}.body", ["c"], {"N": 0}, extra=TILE_ARGS)
     bld, c, N = fb.b, fb.buffers[0], fb.size(["N"])
-    i, j0, cols, row = fb.extra
-    base = bld.add(bld.mul(i, N, flags=NUW_NSW), j0, flags=NUW_NSW)
+    i0, j0, rows, cols, tile = fb.extra
+    stride = gemm_nr(fty, config)
 
-    def col(cc):
-        x = bld.load(fb.element(row, cc, fty))
-        if transform is not None:
-            x = transform(bld, x)
-        bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
-    fb.loop(cols, col, "epi.c", loop_id=short_loop_id(module))
+    def row(r):
+        base = bld.add(bld.mul(bld.add(i0, r, flags=NUW_NSW), N, flags=NUW_NSW), j0, flags=NUW_NSW)
+        tbase = bld.mul(r, _const(stride), flags=NUW_NSW)
+
+        def col(cc):
+            x = bld.load(fb.element(tile, bld.add(tbase, cc, flags=NUW_NSW), fty))
+            if transform is not None:
+                x = transform(bld, x)
+            bld.store(x, fb.element(c, bld.add(base, cc, flags=NUW_NSW), fty))
+        fb.loop(cols, col, "epi.c")
+    fb.loop(rows, row, "epi.r")
     bld.ret_void()
     return define_epilogue(fb.fn, name, linkage=linkage)
 
 
-def define_epilogue(body: ir.Function, name: str, linkage: str = "internal") -> ir.Function:
-    """The EPILOGUE_TYPE function `name` calling `body(context[0], ..., context[n-1], *ROW_ARGS)`.
+def define_epilogue(body: ir.Function, name: str, linkage: str = "internal", rows: bool = False) -> ir.Function:
+    """The EPILOGUE_TYPE function `name` calling `body(context[0], ..., context[n-1], *TILE_ARGS)`;
+    with `rows`, the ROW_EPILOGUE_TYPE function calling `body(context[0], ..., *ROW_ARGS)`.
 
     `body` takes n pointers first, which can then be `noalias` arguments (LLVM keeps that through
     inlining): loaded from the context inside the body, LLVM would know nothing of their aliasing.
     """
-    fn = body.module.globals.get(name) or ir.Function(body.module, EPILOGUE_TYPE, name)
+    fn = body.module.globals.get(name) or ir.Function(body.module, ROW_EPILOGUE_TYPE if rows else EPILOGUE_TYPE,
+                                                      name)
     fn.linkage = linkage
     context, *tile_args = fn.args
     bld = ir.IRBuilder(fn.append_basic_block("entry"))
     slots = bld.bitcast(context, PTR.as_pointer())
-    count = len(body.args) - len(ROW_ARGS)
+    count = len(body.args) - len(ROW_ARGS if rows else TILE_ARGS)
     pointers = [bld.load(bld.gep(slots, [_const(i)], inbounds=True)) for i in range(count)]
     bld.call(body, pointers + tile_args)
+    bld.ret_void()
+    return fn
+
+
+def tile_rows(module: ir.Module, fty: ir.Type, config: GemmConfig | None = None) -> ir.Function:
+    """The runtime's EPILOGUE_TYPE function that hands each row of a tile, in order, to a model's
+    row epilogue: context = [the ROW_EPILOGUE_TYPE function, then that function's own context].
+
+    A fused epilogue is then straight-line vector code over a row's columns, with no loop for LLVM
+    to analyse and vectorize: the seed step's model compiled in a third less time. The loop over
+    rows lives here, compiled once; the GEMM itself still calls once per tile (per row, the large
+    step's plain GEMMs, which need no row epilogue, ran 2-5% slower)."""
+    name = f"{runtime.PREFIX}tile_rows.{_dtype_name(fty)}.nr{gemm_nr(fty, config)}"
+    return runtime.declare(module, name, EPILOGUE_TYPE,
+                           functools.partial(_define_tile_rows, name=name, fty=fty, config=config))
+
+
+def _define_tile_rows(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None) -> ir.Function:
+    fn = ir.Function(module, EPILOGUE_TYPE, name)
+    context, i0, j0, rows, cols, tile = fn.args
+    body = _Body(fn)
+    bld = body.b
+    slots = bld.bitcast(context, PTR.as_pointer())
+    row_epilogue = bld.bitcast(bld.load(slots), ROW_EPILOGUE_TYPE.as_pointer())
+    own = bld.bitcast(bld.gep(slots, [_const(1)], inbounds=True), PTR)
+    row_bytes = gemm_nr(fty, config) * _elem_bytes(fty)
+
+    def row(r):
+        start = bld.gep(tile, [bld.mul(r, _const(row_bytes), flags=NUW_NSW)], inbounds=True)
+        bld.call(row_epilogue, [own, bld.add(i0, r, flags=NUW_NSW), j0, cols, start])
+    _for(body, _const(0), rows, 1, row, "rows")
     bld.ret_void()
     return fn
 
