@@ -66,11 +66,13 @@ def _host_tm(zmm: bool = False):
     )
 
 
-def _build_module(op: str, dtype) -> ir.Module:
-    """void k(ptr noalias out, ptr noalias in, i64 n): out[i] = op(in[i])."""
+def _build_module(op: str, dtype, lanes: int | None = None) -> ir.Module:
+    """void k(ptr noalias out, ptr noalias in, i64 n): out[i] = op(in[i]); with `lanes`, op on that
+    many elements at a time as explicit vector IR (the form a matmul's row epilogue takes; n a
+    multiple of lanes)."""
     ty = ir.FloatType() if dtype == np.float32 else ir.DoubleType()
     i64 = ir.IntType(64)
-    mod = ir.Module(name=f"mathlib_{op}_{np.dtype(dtype).name}")
+    mod = ir.Module(name=f"mathlib_{op}_{np.dtype(dtype).name}" + (f"_v{lanes}" if lanes else ""))
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ty.as_pointer(), ty.as_pointer(), i64]), "k")
     out, inp, n = fn.args
     out.add_attribute("noalias")
@@ -81,10 +83,14 @@ def _build_module(op: str, dtype) -> ir.Module:
     b.position_at_end(loop)
     i = b.phi(i64)
     i.add_incoming(ir.Constant(i64, 0), entry)
-    x = b.load(b.gep(inp, [i], inbounds=True))
+
+    def at(pointer):
+        element = b.gep(pointer, [i], inbounds=True)
+        return element if lanes is None else b.bitcast(element, ir.VectorType(ty, lanes).as_pointer())
+    x = b.load(at(inp), align=4)
     y = getattr(mathlib, f"emit_{op}")(b, x)
-    b.store(y, b.gep(out, [i], inbounds=True))
-    nxt = b.add(i, ir.Constant(i64, 1), flags=("nuw", "nsw"))
+    b.store(y, at(out), align=4)
+    nxt = b.add(i, ir.Constant(i64, lanes or 1), flags=("nuw", "nsw"))
     i.add_incoming(nxt, loop)
     b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
     b.position_at_end(done)
@@ -316,27 +322,8 @@ def _specials(dtype):
 
 
 def _vector_kernel(op: str, dtype, lanes: int):
-    """void k(ptr out, ptr in, i64 n): op on `lanes` elements at a time, as explicit vector IR
-    (the form a matmul's row epilogue takes); n a multiple of lanes."""
-    ty = ir.FloatType() if dtype == np.float32 else ir.DoubleType()
-    vty, i64 = ir.VectorType(ty, lanes), ir.IntType(64)
-    mod = ir.Module(name=f"mathlib_v{lanes}_{op}")
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ty.as_pointer(), ty.as_pointer(), i64]), "k")
-    out, inp, n = fn.args
-    entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
-    b.position_at_end(loop)
-    i = b.phi(i64)
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    x = b.load(b.bitcast(b.gep(inp, [i], inbounds=True), vty.as_pointer()), align=4)
-    y = getattr(mathlib, f"emit_{op}")(b, x)
-    b.store(y, b.bitcast(b.gep(out, [i], inbounds=True), vty.as_pointer()), align=4)
-    nxt = b.add(i, ir.Constant(i64, lanes), flags=("nuw", "nsw"))
-    i.add_incoming(nxt, loop)
-    b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
-    b.position_at_end(done)
-    b.ret_void()
+    """The `lanes`-wide kernel of `_build_module`, compiled: a function of the input array."""
+    mod = _build_module(op, dtype, lanes)
     tm = _host_tm()
     mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
     assert f'@"gradc.{op}.v{lanes}' in str(mod)
