@@ -171,7 +171,10 @@ class _Refusals:
         self.b.position_at_end(passed)
 
 
-FAST_CALL = runtime.PREFIX + "fast_call"
+FAST_CALL = runtime.PREFIX + "fast_call" + ("" if ARRAY_LAYOUT is None else ".t{}.a{}".format(
+    TUPLE_ITEMS, ".".join(str(getattr(ARRAY_LAYOUT, f)) for f in ("type", "data", "ndim", "shape", "descr", "flags"))))
+"""Its code reads array and tuple headers at this Python's offsets, so its name (by which its object
+code is cached on disk) spells them out: another Python build sharing the cache compiles its own."""
 MAX_RANK = 64  # numpy's NPY_MAXDIMS
 UNBOUND = -1   # a symbolic dim not yet seen (extents are never negative)
 
@@ -255,7 +258,8 @@ def _define_fast_call(module: ir.Module) -> ir.Function:
     n_in, n_out, n_symbols = next_word(), next_word(), next_word()
     refusals.require(b.icmp_signed("==", nargs, n_in))
     dims = b.alloca(I64, size=b.add(n_symbols, one), name="dims")
-    loop(n_symbols, lambda s: b.store(ir.Constant(I64, UNBOUND), element(dims, s)), "unbind")
+    # the slot past the dims too: a static extent reads it (and discards it) rather than branching
+    loop(b.add(n_symbols, one), lambda s: b.store(ir.Constant(I64, UNBOUND), element(dims, s)), "unbind")
     args = b.alloca(PTR, size=b.add(n_in, n_out), name="args")
     items = b.bitcast(vector, PTR.as_pointer())
     layout, array_type = ARRAY_LAYOUT, runtime_word(RUNTIME_ARRAY_TYPE)
