@@ -211,10 +211,6 @@ def _is_one(x: ir.Value) -> bool:
     return isinstance(x, ir.Constant) and x.constant == 1
 
 
-def _bytes(fty: ir.Type) -> int:
-    return 4 if isinstance(fty, ir.FloatType) else 8
-
-
 def is_parallel(kernel: Kernel) -> bool:
     """Kernels whose work splits across threads without changing a single result bit: a GEMM by
     output columns or rows (`split_rows`; a reduction of its whole output sums partial results in a
@@ -354,21 +350,21 @@ class KernelEmitter(FunctionBuilder):
     its main one, with `pack_step` its step packing A."""
 
     def __init__(self, module: ir.Module, kernel: Kernel, writes: list[Value], reads: list[Value],
-                 symbols: dict[str, int], combine_step: bool = False, tile_of: ir.Function | None = None,
+                 symbols: dict[str, int], combine_step: bool = False, row_of: ir.Function | None = None,
                  pack_step: bool = False) -> None:
-        """`tile_of`: emit instead the per-row body of that matmul kernel's epilogue (`emit_row`);
+        """`row_of`: emit instead the per-row body of that matmul kernel's epilogue (`emit_row`);
         `pack_step`: its step packing A (`prepacks_a`)."""
         names = [f"out{i}" for i in range(len(writes))] + [f"in{i}" for i in range(len(reads))]
-        extra = (["scratch"] if kernel.matmul is not None and tile_of is None else []) + \
-            (["packed_a"] if prepacks_a(kernel) and tile_of is None else []) + \
+        extra = (["scratch"] if kernel.matmul is not None and row_of is None else []) + \
+            (["packed_a"] if prepacks_a(kernel) and row_of is None else []) + \
             (["partials"] if combines(kernel) else [])
-        if tile_of is None:
+        if row_of is None:
             suffix = ".combine" if combine_step else ".pack_a" if pack_step else ""
             super().__init__(module, f"{kernel.name}.{kernel.kind.replace('+', '_')}{suffix}", names + extra,
                              symbols, threaded=is_parallel(kernel) and not combine_step)
         else:
             from .gemm import ROW_ARGS
-            super().__init__(module, f"{tile_of.name}.row", names + extra, symbols, extra=ROW_ARGS)
+            super().__init__(module, f"{row_of.name}.row", names + extra, symbols, extra=ROW_ARGS)
             self.extra[-1].add_attribute("noalias")  # the tile's row: the GEMM's own memory
         self.kernel = kernel
         self.combine_step, self.pack_step = combine_step, pack_step
@@ -469,7 +465,8 @@ class KernelEmitter(FunctionBuilder):
         """llvm.masked.load or .store of `vty` under the lanes' mask: only the columns that exist
         are read (zeros elsewhere) or written."""
         i32 = ir.IntType(32)
-        align = ir.Constant(i32, _bytes(vty.element))
+        from .gemm import element_bytes
+        align = ir.Constant(i32, element_bytes(vty.element))
         name = f"llvm.masked.{kind}.{type_suffix(vty)}.p0"
         if kind == "load":
             fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, self.mask.type, vty])
@@ -589,10 +586,10 @@ class KernelEmitter(FunctionBuilder):
         if plain_matmul(self.kernel):
             epilogue, context = self._store_tiles(self.pointer[mm.result], N, fty)
         else:
-            tile = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, tile_of=self.fn)
+            row = KernelEmitter(self.fn.module, self.kernel, self.writes, self.reads, self.symbols, row_of=self.fn)
             vw = DEFAULT_CONFIG.vw(fty)  # no more lanes than N needs, in whole vectors
-            tile.emit_row(min(nr, -(-n // vw) * vw) if isinstance(n, int) else nr)
-            row_epilogue = define_epilogue(tile.fn, f"{self.fn.name}.epilogue", rows=True)
+            row.emit_row(min(nr, -(-n // vw) * vw) if isinstance(n, int) else nr)
+            row_epilogue = define_epilogue(row.fn, f"{self.fn.name}.epilogue", rows=True)
             own = self.buffers[:len(self.writes) + len(self.reads)] + ([self.partials] if self.partials else [])
             epilogue = tile_rows(self.fn.module, fty)
             context = store_context(bld, self.entry_alloca, [row_epilogue] + own + [self._dims_arg])

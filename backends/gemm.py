@@ -98,10 +98,10 @@ def host_vector_bytes() -> int:
 
 
 def _dtype_name(fty: ir.Type) -> str:
-    return "f32" if _elem_bytes(fty) == 4 else "f64"
+    return "f32" if element_bytes(fty) == 4 else "f64"
 
 
-def _elem_bytes(fty: ir.Type) -> int:
+def element_bytes(fty: ir.Type) -> int:
     if isinstance(fty, ir.FloatType):
         return 4
     if isinstance(fty, ir.DoubleType):
@@ -128,7 +128,7 @@ class GemmConfig:
         return replace(self, vector_bytes=vector_bytes, nvec=self.nvec or (4 if vector_bytes >= 64 else 2))
 
     def vw(self, fty: ir.Type) -> int:
-        return self.resolved().vector_bytes // _elem_bytes(fty)
+        return self.resolved().vector_bytes // element_bytes(fty)
 
     def nr(self, fty: ir.Type) -> int:
         return self.resolved().nvec * self.vw(fty)
@@ -310,7 +310,7 @@ class _Gemm:
         self.fb, self.fty, self.cfg = fb, fty, cfg
         self.ta, self.tb = transpose_a, transpose_b
         self.M, self.N, self.K = M, N, K
-        self.esize = _elem_bytes(fty)
+        self.esize = element_bytes(fty)
         self.vw = cfg.vector_bytes // self.esize
         self.mr, self.nv = cfg.mr, cfg.nvec
         self.nr = self.nv * self.vw
@@ -897,7 +897,7 @@ def _define_tile_rows(module: ir.Module, name: str, fty: ir.Type, config: GemmCo
     slots = bld.bitcast(context, PTR.as_pointer())
     row_epilogue = bld.bitcast(bld.load(slots), ROW_EPILOGUE_TYPE.as_pointer())
     own = bld.bitcast(bld.gep(slots, [_const(1)], inbounds=True), PTR)
-    row_bytes = gemm_nr(fty, config) * _elem_bytes(fty)
+    row_bytes = gemm_nr(fty, config) * element_bytes(fty)
 
     def row(r):
         start = bld.gep(tile, [bld.mul(r, _const(row_bytes), flags=NUW_NSW)], inbounds=True)
