@@ -261,6 +261,12 @@ def _define_fast_call(module: ir.Module) -> ir.Function:
     # the slot past the dims too: a static extent reads it (and discards it) rather than branching
     loop(b.add(n_symbols, one), lambda s: b.store(ir.Constant(I64, UNBOUND), element(dims, s)), "unbind")
     args = b.alloca(PTR, size=b.add(n_in, n_out), name="args")
+
+    def dim_of(code: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Whether an extent's code (see `describe`) names a symbolic dim, and that dim's slot (the
+        spare slot past them when it does not)."""
+        symbolic = b.icmp_signed("<", code, zero)
+        return symbolic, element(dims, b.select(symbolic, b.sub(ir.Constant(I64, -1), code), n_symbols))
     items = b.bitcast(vector, PTR.as_pointer())
     layout, array_type = ARRAY_LAYOUT, runtime_word(RUNTIME_ARRAY_TYPE)
 
@@ -278,8 +284,7 @@ def _define_fast_call(module: ir.Module) -> ir.Function:
 
         def check_extent(axis: ir.Value) -> None:
             code, extent = next_word(), b.load(element(shape, axis))
-            symbolic = b.icmp_signed("<", code, zero)
-            dim = element(dims, b.select(symbolic, b.sub(ir.Constant(I64, -1), code), n_symbols))
+            symbolic, dim = dim_of(code)
             with b.if_then(b.and_(symbolic, b.icmp_signed("==", b.load(dim), ir.Constant(I64, UNBOUND)))):
                 b.store(extent, dim)
             refusals.require(b.icmp_signed("==", extent, b.select(symbolic, b.load(dim), code)))
@@ -339,9 +344,8 @@ def _define_fast_call(module: ir.Module) -> ir.Function:
 
         def extent(axis: ir.Value) -> None:
             code = next_word()
-            symbolic = b.icmp_signed("<", code, zero)
-            value = b.load(element(dims, b.select(symbolic, b.sub(ir.Constant(I64, -1), code), n_symbols)))
-            b.store(b.select(symbolic, value, code), element(extents, axis))
+            symbolic, dim = dim_of(code)
+            b.store(b.select(symbolic, b.load(dim), code), element(extents, axis))
         loop(rank, extent, "extent")
         descr = b.inttoptr(runtime_word(dtype_slot), PTR)
         b.call(incref, [descr])  # stolen by PyArray_Empty

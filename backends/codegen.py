@@ -688,10 +688,10 @@ class KernelEmitter(FunctionBuilder):
     def emit_row(self, lanes: int) -> None:
         """The body of a matmul kernel's epilogue, called per row of a finished tile: the fused
         ops on the row's columns at once, as vectors of `lanes` (at most NR) with every load and
-        store masked to the `cols` that exist (the other lanes read zeros: the tile's padding
-        may hold anything, and denormals there made the step 5x slower); a reduction's total over
-        the row goes into the partial result of its part (`partial_parts`). This function's last
-        arguments are ROW_ARGS."""
+        store masked to the `cols` that exist (the other lanes read zeros: the tile's padding may
+        hold anything, and denormals there made the tiny step's sigmoid kernel 5x slower); a
+        reduction's total over the row goes into the partial result of its part (`partial_parts`).
+        This function's last arguments are ROW_ARGS."""
         fty = FLOAT_TYPES[self.kernel.matmul.result.type.dtype]
         bld = self.b
         i, j0, cols, row = self.extra

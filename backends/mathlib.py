@@ -5,7 +5,9 @@ loop into one scalar libm call per lane, which is several times slower than
 numpy.  The functions here instead emit the math as plain IR: FP arithmetic,
 integer bit manipulation and a few intrinsics (``llvm.fma``, ``llvm.rint``,
 ``llvm.fabs``, ``llvm.copysign``) that every x86 vector ISA implements
-natively, so the loop vectorizer widens them like any other arithmetic.
+natively, so the loop vectorizer widens them like any other arithmetic.  They
+also take vectors directly (``gradc.exp.v64f32``, for a matmul's row epilogue),
+lane for lane the same bits as the scalar helper.
 
 Each ``emit_*`` call gets (or creates once per module) an ``internal
 alwaysinline`` helper such as ``gradc.exp.f32`` and calls it.  Before
@@ -37,7 +39,7 @@ from typing import Callable
 from llvmlite import ir
 
 __all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_sigmoid", "emit_tanh", "declare_intrinsic", "splat",
-           "undefined", "like", "element_type"]
+           "undefined", "type_suffix"]
 
 
 def _f32(v: float) -> float:

@@ -248,11 +248,12 @@ def test_matmul_epilogue_is_straight_line_vector_code(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
-@pytest.mark.parametrize("columns", [1, 10, 63, 64, 65, 130, "N"])
+@pytest.mark.parametrize("columns", [1, 10, 40, 63, 64, 65, 130, "N"])
 def test_matmul_epilogue_at_every_column_count(dtype, columns):
-    """Rows of every width: a partial last vector, a partial last panel, several panels (threads
-    split the columns; with one panel, the rows), a symbolic width (all of a panel's lanes). The
-    loss's sum over the output is taken per row into its part's partial result."""
+    """Rows of every width: a partial last vector, a lane count that is no power of two (40 f32
+    columns: 48 lanes with AVX-512, summed with an odd lane out), a partial last panel, several
+    panels (threads split the columns; with one panel, the rows), a symbolic width (all of a
+    panel's lanes). The loss's sum over the output is taken per row into its part's partial result."""
     n = 130 if columns == "N" else columns
     element = gc.f32 if dtype == "f32" else gc.f64
 
