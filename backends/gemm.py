@@ -92,9 +92,8 @@ Epilogue = Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value], None]
 @functools.lru_cache(maxsize=1)
 def host_vector_bytes() -> int:
     """64 with AVX-512F, 32 with AVX2 (or anything less: 32-byte vectors are then split by LLVM)."""
-    import llvmlite.binding as llvm
-    features = llvm.get_host_cpu_features()
-    return 64 if features.get("avx512f", False) else 32
+    from .jit import host_feature_map  # jit imports this module (through llvm)
+    return 64 if host_feature_map().get("avx512f", False) else 32
 
 
 def _dtype_name(fty: ir.Type) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import threading
@@ -38,11 +39,30 @@ def _initialize() -> None:
             _initialized = True
 
 
+MAX_ISAS = ("avx512", "avx2")  # GRADC_MAX_ISA: the widest instruction set code may use
+
+
+@functools.lru_cache(maxsize=1)
+def host_feature_map() -> llvm.FeatureMap:
+    """The host CPU's features, capped by `GRADC_MAX_ISA` (like XLA's `--xla_cpu_max_isa` or
+    PyTorch's `ATEN_CPU_CAPABILITY`): `avx2` drops AVX-512 and AMX, so an AVX-512 machine builds and
+    tests the code an AVX2-only machine runs (256-bit GEMM tiles, 16 vector registers' blocking)."""
+    features = llvm.get_host_cpu_features()
+    cap = os.environ.get("GRADC_MAX_ISA", "") or MAX_ISAS[0]
+    if cap not in MAX_ISAS:
+        raise ValueError(f"GRADC_MAX_ISA: expected one of {', '.join(MAX_ISAS)}, got {cap!r}")
+    if cap == "avx2":
+        for name in features:
+            if name.startswith(("avx512", "amx", "evex512", "avx10")):
+                features[name] = False
+    return features
+
+
 def host_features() -> str:
     """The host's features; on AVX-512 hosts also 512-bit vectors for loops, which LLVM avoids on
     Intel by default (frequency concerns of older cores): measured 1.3-1.9x faster transcendentals
     here, and the GEMM already uses 512-bit registers."""
-    features = llvm.get_host_cpu_features()
+    features = host_feature_map()
     text = features.flatten()
     if os.environ.get("GRADC_PREFER_256", "") in ("", "0") and features.get("avx512f", False):
         text += ",-prefer-256-bit"

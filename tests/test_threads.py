@@ -8,10 +8,13 @@ import pytest
 
 import gradc as gc
 import gradc.backends.jit as jit
+from gradc.backends.codegen import FLOAT_TYPES
+from gradc.backends.gemm import gemm_nr
 from gradc.backends.threads import POOL
 from gradc.ir import interpret
 
 RNG = np.random.default_rng(11)
+F64_NR = gemm_nr(FLOAT_TYPES["f64"])  # one panel of columns of the host's float64 GEMM tile
 
 
 def seed_loss(U, V, x, y):
@@ -214,18 +217,20 @@ def test_a_training_step_with_a_long_batch_splits_its_weight_gradients_by_k(para
 
 
 def test_a_narrow_layer_over_a_symbolic_batch_splits_rows_with_the_same_bits(parallel_work):
-    """Annotated with a symbolic batch, a layer of fewer columns than threads still shares its rows
-    (and its loss's partial results per row block) between the threads."""
+    """Annotated with a symbolic batch, layers of fewer column panels than threads (a hidden layer
+    of one panel of the host's NR columns, a 5-column head) still share their rows (and the
+    loss's partial results per row block) between the threads."""
     from gradc.backends.codegen import split_rows
+    m = F64_NR
 
-    def loss(U: gc.f64[32, 64], V: gc.f64[10, 32], x: gc.f64["B", 64], y: gc.f64["B", 10]):
+    def loss(U: gc.f64[F64_NR, 64], V: gc.f64[5, F64_NR], x: gc.f64["B", 64], y: gc.f64["B", 5]):
         return seed_loss(U, V, x, y)
     step = gc.value_and_grad(loss, wrt=("U", "V"))
     lowered = step.lower()
     batch_rows = [k for k in lowered.fusion.kernels if k.matmul is not None and k.matmul.result.type.shape[0] == "B"]
-    assert batch_rows and all(split_rows(k) for k in batch_rows)
+    assert len(batch_rows) == 3 and all(split_rows(k) for k in batch_rows)
     for batch in (1, 7, 300):
-        args = [RNG.standard_normal(s) for s in [(32, 64), (10, 32), (batch, 64), (batch, 10)]]
+        args = [RNG.standard_normal(s) for s in [(m, 64), (5, m), (batch, 64), (batch, 5)]]
         agree_on_any_thread_count(parallel_work, step, args, lowered)
 
 
