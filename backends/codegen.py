@@ -49,6 +49,7 @@ class ScalarEmitter:
     def select(self, c, a, b): return self.b.select(c, a, b)
     def exp(self, x): return mathlib.emit_exp(self.b, x)
     def log(self, x): return mathlib.emit_log(self.b, x)
+    def pow(self, x, y): return mathlib.emit_pow(self.b, x, y)
     def tanh(self, x): return mathlib.emit_tanh(self.b, x)
     def sigmoid(self, x): return mathlib.emit_sigmoid(self.b, x)
 

@@ -98,15 +98,9 @@ def _pow_scalar(e, x, exponent: float):
         return e.div(e.const(1.0), result) if exponent < 0 else result
     if exponent == 0.5:
         return e.sqrt(x)
-    if 2 * exponent == int(2 * exponent) and abs(exponent) <= 64:
-        # half-integer: x**n * sqrt(x) is within a few ULP, where exp(e * log x) is off by about
-        # |e * log x| ULP; x + 0 turns -0 into +0, as numpy's pow(-0, y) is +0 or +inf here
-        x = e.add(x, e.const(0.0))
-        result = e.mul(_pow_scalar(e, x, abs(exponent) - 0.5), e.sqrt(x)) if abs(exponent) > 0.5 else e.sqrt(x)
-        result = e.div(e.const(1.0), result) if exponent < 0 else result
-    else:
-        result = e.exp(e.mul(e.const(exponent), e.log(x)))
-    # numpy's pow(-inf, y) for a non-integer y is +inf (y > 0) or +0 (y < 0), not sqrt's or log's NaN
+    # e^(y log x) with y log x kept unrounded: within an ulp for moderate y (mathlib.emit_pow)
+    result = e.pow(x, e.const(exponent))
+    # numpy's pow(-inf, y) for a non-integer y is +inf (y > 0) or +0 (y < 0), not a negative base's NaN
     return e.select(e.eq(x, e.const(-np.inf)), e.const(np.inf if exponent > 0 else 0.0), result)
 
 

@@ -14,6 +14,7 @@ Adding an op to the registry without adding a row here makes `test_table_covers_
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -144,7 +145,7 @@ for _op, (_doms, _tol, _grad) in BINARY.items():
     for _name, _shapes in BROADCAST_PAIRS.items():
         case(_op, _name, _shapes, domains=_doms, tol=_tol, grad=_grad)
 
-# pow: integer exponents use square-and-multiply, half-integers x**n * sqrt(x), others exp(e * log x)
+# pow: integer exponents use square-and-multiply, 0.5 sqrt, others e^(y log x) with y log x unrounded
 for _e in (2.0, 3.0, -1.0, 0.5, 1.5, 0.0, -2.5, -0.5, 2.2):
     case("pow", f"e{_e:g}", [(3, 4)], attrs={"exponent": _e}, domains=(POSITIVE,), tol="transcendental")
 case("pow", "e3-0d", [()], attrs={"exponent": 3.0}, domains=(POSITIVE,), tol="transcendental")
@@ -532,8 +533,8 @@ def test_compiled_gradient_selection_names_real_cases():
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("exponent", [2.0, 3.0, -1.0, -3.0, 0.5, 1.5, -0.5, -2.5, 4.5])
 def test_pow_integer_and_half_integer_exponents_within_a_few_ulp(exponent, dtype):
-    """Over 13 orders of magnitude: square-and-multiply and x**n * sqrt(x) stay within a few ULP,
-    where exp(e * log x) would lose about |e * log x| ULP."""
+    """Over 13 orders of magnitude: square-and-multiply, sqrt and e^(y log x) with y log x unrounded
+    stay within a few ULP, where e^(y log x) with log x rounded would lose about |y log x| ULP."""
     c = Case("pow", "wide", ((2001,),), attrs={"exponent": exponent})
     graph = forward_graph(c, dtype)
     x = np.exp(np.linspace(-15.0, 15.0, 2001)).astype(NP_DTYPES[dtype])
@@ -543,6 +544,34 @@ def test_pow_integer_and_half_integer_exponents_within_a_few_ulp(exponent, dtype
     ulps = np.abs(actual.astype(wide) - exact) / (np.abs(exact) * np.finfo(NP_DTYPES[dtype]).eps)
     assert float(ulps.max()) <= 2.5, f"max error {float(ulps.max()):.1f} ULP at x = {x[np.argmax(ulps)]}"
     np.testing.assert_allclose(actual, interpret(graph, x)[0], rtol=5 * np.finfo(NP_DTYPES[dtype]).eps)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("exponent, bound", [(1 / 3, 1.0), (-0.7, 1.0), (0.1, 1.0), (2.2, 1.0), (-3.7, 1.0),
+                                             (0.75, 1.0), (10.3, 1.5), (-25.1, 2.5)])
+def test_pow_other_exponents_within_an_ulp_over_the_whole_range(exponent, bound, dtype):
+    """x ** y as e^(y log x) with y log x kept unrounded: every positive float (random bit patterns,
+    denormals, results that overflow or underflow) within an ulp of the exact power for moderate y,
+    where rounding log x first cost up to |y log x| ulp (over a thousand in float64)."""
+    np_dtype = NP_DTYPES[dtype]
+    bits = np.uint32 if dtype == "f32" else np.uint64
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.integers(1, np.iinfo(bits).max // 2, 300_000, dtype=bits).view(np_dtype),
+                        np.linspace(0.5, 2.0, 20_001, dtype=np_dtype)])
+    x = x[np.isfinite(x)]
+    c = Case("pow", "sweep", ((len(x),),), attrs={"exponent": exponent})
+    native = NativeFunction(forward_graph(c, dtype))
+    (actual,) = native(x)
+    assert not re.findall(r"call [^@]*@(pow|exp|log)f?\(", native.llvm_ir), "a libm call, which LLVM scalarizes"
+    wide = np.longdouble if dtype == "f64" else np.float64
+    with np.errstate(over="ignore", under="ignore"):
+        exact = np.power(x.astype(wide), wide(np_dtype(exponent)))
+        rounded = exact.astype(np_dtype)
+    finite = np.isfinite(rounded) & (rounded != 0)
+    np.testing.assert_array_equal(actual[~finite], rounded[~finite])
+    ulps = np.abs(actual[finite].astype(wide) - exact[finite]) / np.spacing(np.abs(rounded[finite])).astype(wide)
+    worst = int(np.argmax(ulps))
+    assert float(ulps[worst]) <= bound, f"{float(ulps[worst]):.2f} ULP at x = {x[finite][worst]!r}"
 
 
 # --- hypothesis: random broadcasting shapes, random reductions ------------------------------------
