@@ -555,6 +555,13 @@ def threads_line(args, jax, torch) -> str:
     return "threads: " + "; ".join(parts)
 
 
+def vector_isa() -> str:
+    """Which vectors gradc's code uses (GRADC_MAX_ISA=avx2 caps an AVX-512 host to AVX2's)."""
+    from gradc.backends.gemm import host_vector_bytes
+    cap = os.environ.get("GRADC_MAX_ISA")
+    return f"{host_vector_bytes() * 8}-bit vectors" + (f" (GRADC_MAX_ISA={cap})" if cap else "")
+
+
 def header(args, jax, torch) -> str:
     versions = [f"gradc {getattr(gc, '__version__', '') or _dist_version('gradc')}",
                 f"numpy {np.__version__}",
@@ -564,6 +571,7 @@ def header(args, jax, torch) -> str:
     lines = [
         f"gradc peer benchmark, {time.strftime('%Y-%m-%d %H:%M')}",
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({platform.machine()}); shared, so timings are noisy",
+        f"gradc code: {vector_isa()}",
         "versions: " + ", ".join(versions),
         gradc_source(),
         threads_line(args, jax, torch),
