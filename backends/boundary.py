@@ -252,7 +252,7 @@ def _define_fast_call(module: ir.Module) -> ir.Function:
         return b.load(element(context, position))
 
     def loop(count: ir.Value, body, name: str) -> None:
-        emit_loop(b, fn, zero, count, 1, body, name)
+        emit_loop(b, zero, count, 1, body, name)
 
     refusals = _Refusals(b, fn)
     n_in, n_out, n_symbols = next_word(), next_word(), next_word()

@@ -38,9 +38,10 @@ MIN_CHUNK_WORK = 2_000_000
 
 
 def emit_while(b: ir.IRBuilder, start: Sequence[ir.Value], keep_going: Callable[..., ir.Value],
-               step: Callable[..., Sequence[ir.Value]], name: str) -> list[ir.Value]:
+               step: Callable[..., Sequence[ir.Value]], name: str,
+               loop_id: ir.values.MDValue | None = None) -> list[ir.Value]:
     """Loop-carried values: from `start`, while keep_going(*values), values = step(*values) (which
-    may emit code, loops included). Returns the final values."""
+    may emit code, loops included). Returns the final values. `loop_id`: the loop's `!llvm.loop`."""
     fn = b.function
     before = b.block
     header, inner, done = (fn.append_basic_block(f"{name}.{part}") for part in ("header", "body", "done"))
@@ -54,7 +55,9 @@ def emit_while(b: ir.IRBuilder, start: Sequence[ir.Value], keep_going: Callable[
     following = step(*values)
     for phi, v in zip(values, following):
         phi.add_incoming(v, b.block)
-    b.branch(header)
+    latch = b.branch(header)
+    if loop_id is not None:
+        latch.set_metadata("llvm.loop", loop_id)
     b.position_at_end(done)
     return values
 

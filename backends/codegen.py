@@ -20,7 +20,7 @@ from gradc.ir.types import Dim, Shape
 
 from . import chunks, mathlib
 from .mathlib import declare_intrinsic, splat, type_suffix, undefined
-from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut
+from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut, emit_while
 from .threads import MAX_THREADS
 
 I64 = ir.IntType(64)
@@ -100,28 +100,28 @@ class _LoopID(ir.values.MDValue):
                                                       [h.get_reference() for h in self.operands])), "\n")
 
 
-def emit_loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, step: int,
-              body: Callable[[ir.Value], None], name: str, loop_id: ir.values.MDValue | None = None) -> None:
-    """for (i = start; i < stop; i += step) body(i), at b's position in fn; `loop_id`: its `!llvm.loop`."""
-    before = b.block
-    header = fn.append_basic_block(f"{name}.header")
-    inner = fn.append_basic_block(f"{name}.body")
-    done = fn.append_basic_block(f"{name}.done")
-    b.branch(header)
-    b.position_at_end(header)
-    index = b.phi(I64, name=name)
-    index.add_incoming(start, before)
-    b.cbranch(b.icmp_signed("<", index, stop), inner, done)
-    b.position_at_end(inner)
-    body(index)
-    index.add_incoming(b.add(index, ir.Constant(I64, step), flags=("nuw", "nsw")), b.block)
-    latch = b.branch(header)
-    if loop_id is not None:
-        latch.set_metadata("llvm.loop", loop_id)
-    b.position_at_end(done)
+def emit_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None],
+              name: str, loop_id: ir.values.MDValue | None = None) -> None:
+    """for (i = start; i < stop; i += step) body(i), at b's position; `loop_id`: its `!llvm.loop`."""
+    def advance(index: ir.Value) -> list[ir.Value]:
+        body(index)
+        return [b.add(index, ir.Constant(I64, step), flags=("nuw", "nsw"))]
+    emit_while(b, [start], lambda index: b.icmp_signed("<", index, stop), advance, name, loop_id)
 
 
-class FunctionBuilder:
+class FunctionBody:
+    """A function being emitted: `fn`, a builder `b` at its end, stack slots in its entry block."""
+
+    def __init__(self, fn: ir.Function) -> None:
+        self.fn = fn
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
+        with self.b.goto_entry_block():
+            return self.b.alloca(ty, name=name)
+
+
+class FunctionBuilder(FunctionBody):
     """An internal function `void name(ptr buffers..., ptr dims)` with loop and indexing helpers."""
 
     def __init__(self, module: ir.Module, name: str, buffer_names: list[str], symbols: dict[str, int],
@@ -131,7 +131,7 @@ class FunctionBuilder:
         trailing = ([("thread", I64), ("threads", I64), ("claims", CLAIMS_TYPE.as_pointer())] if threaded
                     else []) + list(extra)
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(buffer_names) + 1) + [t for _, t in trailing])
-        self.fn = ir.Function(module, fnty, name)
+        super().__init__(ir.Function(module, fnty, name))
         self.fn.linkage = "internal"
         for arg, arg_name in zip(self.fn.args, buffer_names + ["dims"] + [n for n, _ in trailing]):
             arg.name = arg_name
@@ -142,7 +142,6 @@ class FunctionBuilder:
         self._dims_arg = self.fn.args[len(buffer_names)]
         for arg in self.fn.args[:len(buffer_names)]:
             arg.add_attribute("noalias")  # every buffer of a kernel is a distinct allocation
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.buffers = list(self.fn.args[:len(buffer_names)])
         self.symbols = symbols
         self._sizes: dict[tuple, ir.Value] = {}
@@ -156,10 +155,6 @@ class FunctionBuilder:
                 self._sizes[key] = product(self.b, self._dims_arg, self.symbols, factors)
         return self._sizes[key]
 
-    def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
-        with self.b.goto_entry_block():
-            return self.b.alloca(ty, name=name)
-
     def share(self, count: ir.Value, multiple: int = 1) -> tuple[ir.Value, ir.Value]:
         """This thread's part [begin, end) of range(count), cut at multiples of `multiple`."""
         return tuple(emit_cut(self.b, count, t, self.threads, multiple)
@@ -167,7 +162,7 @@ class FunctionBuilder:
 
     def loop(self, count: ir.Value, body: Callable[[ir.Value], None], name: str,
              start: ir.Value | None = None, loop_id: ir.values.MDValue | None = None) -> None:
-        emit_loop(self.b, self.fn, start or ir.Constant(I64, 0), count, 1, body, name, loop_id)
+        emit_loop(self.b, start or ir.Constant(I64, 0), count, 1, body, name, loop_id)
 
     def nest(self, extents: Sequence[Dim], body: Callable[[list[ir.Value]], None], name: str,
              shared: bool = False) -> None:
@@ -431,11 +426,7 @@ class KernelEmitter(FunctionBuilder):
 
     def broadcast(self, x: ir.Value) -> ir.Value:
         """`x`, the same in every lane: in a row epilogue, a vector of it."""
-        if self.lanes is None:
-            return x
-        vty = ir.VectorType(x.type, self.lanes)
-        one = self.b.insert_element(undefined(vty), x, ir.Constant(ir.IntType(32), 0))
-        return self.b.shuffle_vector(one, undefined(vty), splat(ir.VectorType(ir.IntType(32), self.lanes), 0))
+        return x if self.lanes is None else mathlib.broadcast(self.b, x, self.lanes)
 
     def lane_stride(self, coords: Coords, shape: Shape) -> ir.Value | None:
         """In a row epilogue: elements between consecutive lanes of a value at `coords` in a

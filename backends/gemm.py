@@ -73,7 +73,8 @@ from typing import Callable
 from llvmlite import ir
 
 from gradc.backends import runtime
-from gradc.backends.codegen import FunctionBuilder, emit_loop
+from gradc.backends.codegen import FunctionBody, FunctionBuilder, emit_loop
+from gradc.backends.mathlib import broadcast
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -183,7 +184,7 @@ def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
 
 def _for(fb: FunctionBuilder, start: ir.Value, stop: ir.Value, step: int,
          body: Callable[[ir.Value], None], name: str) -> None:
-    emit_loop(fb.b, fb.fn, start, stop, step, body, name)
+    emit_loop(fb.b, start, stop, step, body, name)
 
 
 def _if(fb: FunctionBuilder, cond: ir.Value, then: Callable[[], None], name: str) -> None:
@@ -256,28 +257,10 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     return rows
 
 
-def _splat(b: ir.IRBuilder, x: ir.Value, vty: ir.VectorType) -> ir.Value:
-    undef = ir.Constant(vty, ir.Undefined)
-    v = b.insert_element(undef, x, ir.Constant(I32, 0))
-    return b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
-
-
 # -- shared helper functions -----------------------------------------------------------------------
 
-class _Body:
-    """The part of a FunctionBuilder the GEMM's emitters use (`fn`, `b`, `entry_alloca`)."""
-
-    def __init__(self, fn: ir.Function) -> None:
-        self.fn = fn
-        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
-
-    def entry_alloca(self, ty: ir.Type, name: str) -> ir.Value:
-        with self.b.goto_entry_block():
-            return self.b.alloca(ty, name=name)
-
-
 def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noalias: tuple[int, ...],
-            emit: Callable[[_Body, list], None]) -> ir.Function:
+            emit: Callable[[FunctionBody, list], None]) -> ir.Function:
     """The module's internal, never-inlined `void name(args)`, emitted by `emit` on first use.
 
     Every GEMM of the runtime module (one per dtype, transpose pair and configuration) calls the
@@ -293,7 +276,7 @@ def _shared(module: ir.Module, name: str, args: list[tuple[str, ir.Type]], noali
         arg.name = arg_name
     for i in noalias:
         fn.args[i].add_attribute("noalias")
-    body = _Body(fn)
+    body = FunctionBody(fn)
     emit(body, list(fn.args))
     body.b.ret_void()
     return fn
@@ -334,7 +317,7 @@ class _Gemm:
         tile.align = 64
         self.tile = bld.bitcast(tile, pty)
 
-    def _inside(self, body: _Body, **fields) -> _Gemm:
+    def _inside(self, body: FunctionBody, **fields) -> _Gemm:
         """A copy of this GEMM's emitter that emits into a shared helper, with some values replaced."""
         sub = copy.copy(self)
         sub.fb = body
@@ -400,7 +383,7 @@ class _Gemm:
             def vec(v):
                 first = bld.mul(v, _const(self.vw), flags=NUW_NSW)
                 left = bld.sub(cols, first)  # > 0 for every v < nvec
-                mask = bld.icmp_signed("<", lanes, _splat(bld, left, ir.VectorType(I64, self.vw)))
+                mask = bld.icmp_signed("<", lanes, broadcast(bld, left, self.vw))
                 p = bld.bitcast(bld.gep(self.b, [bld.add(src, first, flags=NUW_NSW)], inbounds=True),
                                 I8.as_pointer())
                 x = bld.call(masked_load, [p, ir.Constant(I32, self.esize), mask, zero])
@@ -484,7 +467,7 @@ class _Gemm:
 
             def panel(p0):
                 rows = _min(bld, _const(mr), bld.sub(mc, p0))
-                mask = bld.icmp_signed("<", lanes, _splat(bld, rows, ity))
+                mask = bld.icmp_signed("<", lanes, broadcast(bld, rows, lanes_n))
                 src = bld.bitcast(bld.gep(row, [p0], inbounds=True), I8.as_pointer())
                 x = bld.call(masked_load, [src, ir.Constant(I32, self.esize), mask, zero])
                 o = bld.gep(out_k, [self.a_panel_offset(p0)], inbounds=True)
@@ -572,7 +555,7 @@ class _Gemm:
             aoff = kk if kstep is None else bld.mul(kk, kstep, flags=NUW_NSW)
             out = []
             for r in range(mr):
-                s = _splat(bld, bld.load(_ptr(bld, rows[r], aoff, self.fty)), vty)
+                s = broadcast(bld, bld.load(_ptr(bld, rows[r], aoff, self.fty)), vty.count)
                 out.append([bld.call(fma, [s, bv[v], accs[r][v]]) for v in range(nvec)])
             return out
 
@@ -738,7 +721,7 @@ def define_gemm(module: ir.Module, fty: ir.Type, transpose_a: bool, transpose_b:
     a, b, pack, M, N, K, n_begin, n_end, m_begin, m_end, epilogue, context = fn.args
     for arg in (a, b, pack):  # only read (a, b) or private (pack); the epilogue writes elsewhere
         arg.add_attribute("noalias")
-    body = _Body(fn)
+    body = FunctionBody(fn)
     callback = body.b.bitcast(epilogue, EPILOGUE_TYPE.as_pointer())
 
     def call_epilogue(i0, j0, rows, cols, tile):
@@ -780,7 +763,7 @@ def define_pack_a_rows(module: ir.Module, fty: ir.Type, config: GemmConfig | Non
     fn.attributes.add("nounwind")
     dst, a, M, K, m_begin, m_end = fn.args
     dst.add_attribute("noalias")
-    body = _Body(fn)
+    body = FunctionBody(fn)
     bld = body.b
     gemm = _Gemm(body, fty, a, a, M, M, K, True, False, dst, lambda *tile: None, config)
     gemm.a_panel_stride = gemm.panel_stride()
@@ -892,7 +875,7 @@ def tile_rows(module: ir.Module, fty: ir.Type, config: GemmConfig | None = None)
 def _define_tile_rows(module: ir.Module, name: str, fty: ir.Type, config: GemmConfig | None) -> ir.Function:
     fn = ir.Function(module, EPILOGUE_TYPE, name)
     context, i0, j0, rows, cols, tile = fn.args
-    body = _Body(fn)
+    body = FunctionBody(fn)
     bld = body.b
     slots = bld.bitcast(context, PTR.as_pointer())
     row_epilogue = bld.bitcast(bld.load(slots), ROW_EPILOGUE_TYPE.as_pointer())

@@ -40,7 +40,7 @@ from typing import Callable
 
 from llvmlite import ir
 
-__all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_pow", "emit_sigmoid", "emit_tanh", "declare_intrinsic", "splat",
+__all__ = ["emit_exp", "emit_expm1", "emit_log", "emit_pow", "emit_sigmoid", "emit_tanh", "declare_intrinsic", "splat", "broadcast",
            "undefined", "type_suffix"]
 
 
@@ -118,6 +118,13 @@ def splat(ty: ir.Type, value: float | int) -> ir.Constant:
 def undefined(ty: ir.VectorType) -> ir.Constant:
     """A vector whose lanes are all undefined (the operand a shufflevector leaves unread)."""
     return _Short(ty, 0, "undef")
+
+
+def broadcast(b: ir.IRBuilder, x: ir.Value, lanes: int) -> ir.Value:
+    """The run-time scalar `x` in every lane of a vector of `lanes`."""
+    vty = ir.VectorType(x.type, lanes)
+    one = b.insert_element(undefined(vty), x, ir.Constant(ir.IntType(32), 0))
+    return b.shuffle_vector(one, undefined(vty), splat(ir.VectorType(ir.IntType(32), lanes), 0))
 
 
 def type_suffix(ty: ir.Type) -> str:
