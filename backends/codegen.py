@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 from llvmlite import ir
 
 from gradc.ir.fusion import Kernel, index_map
@@ -19,7 +20,7 @@ from gradc.ir.ops import ELEMENTWISE, REDUCTION
 from gradc.ir.types import Dim, Shape
 
 from . import chunks, mathlib
-from .mathlib import declare_intrinsic, splat, type_suffix, undefined
+from .mathlib import declare_intrinsic, element_type, splat, type_suffix, undefined
 from .chunks import CLAIMS_TYPE, emit_claims, emit_column_chunks, emit_cut, emit_while
 from .threads import MAX_THREADS
 
@@ -39,6 +40,13 @@ class ScalarEmitter:
     def const(self, x: float) -> ir.Value:
         return splat(self.fty, float(x))
 
+    def nearest(self, x: float) -> float:
+        """x as this float type holds it (what `const(x)` is)."""
+        if not isinstance(element_type(self.fty), ir.FloatType):
+            return float(x)
+        with np.errstate(over="ignore"):
+            return float(np.float32(x))
+
     def add(self, a, b): return self.b.fadd(a, b)
     def sub(self, a, b): return self.b.fsub(a, b)
     def mul(self, a, b): return self.b.fmul(a, b)
@@ -53,12 +61,16 @@ class ScalarEmitter:
     def tanh(self, x): return mathlib.emit_tanh(self.b, x)
     def sigmoid(self, x): return mathlib.emit_sigmoid(self.b, x)
 
-    def sqrt(self, x):
-        return self.b.call(declare_intrinsic(self.b.module, "llvm.sqrt", self.fty, 1), [x])
+    def sqrt(self, x): return self._intrinsic("llvm.sqrt", x)
+    def abs(self, x): return self._intrinsic("llvm.fabs", x)
+    def copysign(self, magnitude, sign): return self._intrinsic("llvm.copysign", magnitude, sign)
+
+    def _intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
+        return self.b.call(declare_intrinsic(self.b.module, name, self.fty, len(args)), list(args))
 
     def maximum(self, a, b):
         """numpy.maximum: NaN if either side is NaN."""
-        return self.b.call(declare_intrinsic(self.b.module, "llvm.maximum", self.fty, 2), [a, b])
+        return self._intrinsic("llvm.maximum", a, b)
 
 
 def cold_code(fn: ir.Function) -> None:

@@ -386,7 +386,10 @@ def _body_pow(e: _Emitter, x: ir.Value, y: ir.Value) -> ir.Value:
     zh, zl = e.fast2sum(big, small)  # |head| > |th| unless head == 0
     errors = e.add(e.fma(y, head, neg(big)), e.fma(y, th, neg(small)))
     zh, zl = e.fast2sum(zh, e.add(zl, e.fma(y, tl, errors)))
-    n, r, w = e.exp_core(e.clamp(zh, p.exp_lo, p.exp_hi))
+    clamped = e.clamp(zh, p.exp_lo, p.exp_hi)
+    # past the clamp the result is 0 or inf whatever zl is (then up to 2^970, or NaN if zh is inf)
+    zl = e.sel(e.b.fcmp_ordered("==", clamped, zh), zl, e.c(0.0))
+    n, r, w = e.exp_core(clamped)
     # e^(zh + zl) = 2^n (1 + r + w)(1 + zl): zl (up to an ulp of zh, 2^-43 near overflow) joins
     # the small terms, times all of e^r: zl*(1 + r) alone is 2^-52 off at |r| = ln2/2
     w = e.add(w, e.fma(zl, e.add(r, w), zl))

@@ -9,6 +9,7 @@ call below.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -84,9 +85,20 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _pow_scalar(e, x, exponent: float):
+    exponent = e.nearest(exponent)  # as numpy's reference has it: x.dtype.type(exponent)
     if exponent == 0:
         return e.const(1.0)
-    if exponent == int(exponent) and abs(exponent) <= 64:
+    one = e.const(1.0)
+    if not math.isfinite(exponent):
+        # numpy: 1 ** y is 1; x ** inf grows for |x| > 1 and vanishes below (and the reverse for -inf)
+        if math.isnan(exponent):
+            return e.select(e.eq(x, one), one, e.const(math.nan))
+        above, below = (math.inf, 0.0) if exponent > 0 else (0.0, math.inf)
+        magnitude = e.abs(x)
+        result = e.select(e.gt(magnitude, one), e.const(above), e.const(below))
+        return e.select(e.eq(x, x), e.select(e.eq(magnitude, one), one, result), x)
+    integer = exponent == int(exponent)
+    if integer and abs(exponent) <= 64:
         # square-and-multiply keeps integer powers exact in sign, like numpy
         result, base, n = None, x, int(abs(exponent))
         while n:
@@ -95,10 +107,13 @@ def _pow_scalar(e, x, exponent: float):
             n >>= 1
             if n:
                 base = e.mul(base, base)
-        return e.div(e.const(1.0), result) if exponent < 0 else result
+        return e.div(one, result) if exponent < 0 else result
     if exponent == 0.5:
         return e.sqrt(x)
     # e^(y log x) with y log x kept unrounded: within an ulp for moderate y (mathlib.emit_pow)
+    if integer:  # a negative base too, with the sign of an odd power (every float past 2^53 is even)
+        result = e.pow(e.abs(x), e.const(exponent))
+        return e.copysign(result, x) if int(exponent) % 2 else result
     result = e.pow(x, e.const(exponent))
     # numpy's pow(-inf, y) for a non-integer y is +inf (y > 0) or +0 (y < 0), not a negative base's NaN
     return e.select(e.eq(x, e.const(-np.inf)), e.const(np.inf if exponent > 0 else 0.0), result)

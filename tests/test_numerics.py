@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -256,14 +258,16 @@ def _power(exponent):
     return gc.jit(lambda x: x ** exponent)
 
 
-POW = {e: _power(e) for e in (2.0, 3.0, -1.0, -2.0, 0.5, -0.5, 1.5, -2.5, 1 / 3, -0.7, 0.0)}
+POW = {e: _power(e) for e in (2.0, 3.0, -1.0, -2.0, 0.5, -0.5, 1.5, -2.5, 1 / 3, -0.7, 0.0,
+                              65.0, -65.0, 100.0, 1e30, 1e300, math.nan, math.inf, -math.inf)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("exponent", list(POW), ids=[f"{e:.3g}" for e in POW])
 def test_pow_special_values_match_numpy(exponent, dtype):
-    """NaN, ±0 (the sign of an odd power, +0 / +inf otherwise), ±inf and negative bases."""
-    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 4.0, -2.0, 0.5], dtype)
+    """NaN, ±0 (the sign of an odd power, +0 / +inf otherwise), ±inf and negative bases; integer
+    exponents past square-and-multiply's 64 (odd and even), 1e300 (inf in float32), NaN and ±inf."""
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 4.0, -2.0, 0.5, -0.5, 1.5], dtype)
     with np.errstate(all="ignore"):
         expected = np.power(x, dtype(exponent))
     assert_same_special(POW[exponent](x), expected, dtype, f"x ** {exponent}")

@@ -149,6 +149,10 @@ for _op, (_doms, _tol, _grad) in BINARY.items():
 for _e in (2.0, 3.0, -1.0, 0.5, 1.5, 0.0, -2.5, -0.5, 2.2):
     case("pow", f"e{_e:g}", [(3, 4)], attrs={"exponent": _e}, domains=(POSITIVE,), tol="transcendental")
 case("pow", "e3-0d", [()], attrs={"exponent": 3.0}, domains=(POSITIVE,), tol="transcendental")
+# past 64 products, integer exponents go through e^(y log |x|) with the sign of an odd power
+for _e in (65.0, 66.0, -65.0):
+    case("pow", f"e{_e:g}-signed", [(3, 4)], attrs={"exponent": _e}, domains=(uniform(-1.1, 1.1),),
+         tol="transcendental")
 
 # reductions over different axes, keepdims true and false
 for _op, _dom in (("reduce_sum", ANY), ("reduce_max", distinct(-2.0, 2.0))):
