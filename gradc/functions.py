@@ -37,6 +37,7 @@ relu = _unary("relu")
 exp = _unary("exp")
 log = _unary("log")
 sqrt = _unary("sqrt")
+abs = _unary("abs")  # noqa: A001 - numpy's name
 stop_gradient = _unary("stop_gradient")
 
 
@@ -45,6 +46,29 @@ def maximum(a: Any, b: Any) -> Sym:
     if not isinstance(a, Sym):
         a, b = b, a
     return _tensor(a, "maximum")._binary("maximum", b)
+
+
+def minimum(a: Any, b: Any) -> Sym:
+    """Elementwise minimum, NaN-propagating, a tie's gradient split evenly (as maximum's)."""
+    if not isinstance(a, Sym):
+        a, b = b, a
+    a = _tensor(a, "minimum")
+    return -maximum(-a, -a.builder.lift(b, a))
+
+
+def where(condition: Any, a: Any, b: Any) -> Sym:
+    """a where `condition` is nonzero, else b (numpy broadcasting). Comparisons (x > 0, x <= y, ...)
+    give 1.0/0.0 masks of their operands' dtype to use as conditions; the gradient reaches a and b
+    only where each is chosen, never the condition."""
+    tensors = [x for x in (condition, a, b) if isinstance(x, Sym)]
+    if not tensors:
+        raise TypeError("gc.where needs at least one traced tensor argument")
+    like = tensors[0]
+    c, a, b = (like.builder.lift(x, like) for x in (condition, a, b))
+    if len({c.dtype, a.dtype, b.dtype}) != 1:
+        raise TypeError(f"gc.where: dtypes {c.dtype}, {a.dtype} and {b.dtype} differ; gradc does not promote "
+                        "silently")
+    return like.builder.op("where", c, a, b)
 
 
 def matmul(a: Sym, b: Sym) -> Sym:
@@ -78,10 +102,13 @@ def _drop_axes(x: Sym, axes: tuple[int, ...]) -> Sym:
 
 
 def logsumexp(x: Sym, axis: Axis = None, keepdims: bool = False) -> Sym:
-    """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m the max."""
+    """log(sum(exp(x))) over `axis`, computed as m + log(sum(exp(x - m))) with m the max, or 0
+    where the max is not finite (as JAX: a row of -inf gives -inf, a row holding +inf gives +inf)."""
     x = _tensor(x, "logsumexp")
     axes = normalize_axes(axis, x.ndim)
-    m = stop_gradient(x.max(axes, keepdims=True))
+    m = x.max(axes, keepdims=True)
+    finite = m.builder.op("eq", m - m, m.builder.const(0.0, m.dtype))  # inf - inf and NaN are NaN
+    m = stop_gradient(where(finite, m, 0.0))
     out = log(exp(x - m).sum(axes, keepdims=True)) + m
     return out if keepdims else _drop_axes(out, axes)
 

@@ -30,8 +30,8 @@ class Tracer(Sym):
     def __bool__(self) -> bool:
         raise TracingError(
             "Python control flow (if, while, and, or, bool()) on a traced tensor: its value is not "
-            "known while tracing. Write it with arithmetic instead, e.g. gc.maximum(x, 0) or a mask "
-            "like (x > 0) expressed as gc.relu; or pass the condition as a Python constant.")
+            "known while tracing. Choose values with gc.where(x > 0, a, b) (or gc.maximum, "
+            "gc.minimum, gc.abs) instead; or pass the condition as a Python constant.")
 
     def _no_value(self, what: str) -> None:
         raise TracingError(f"{what} of a traced tensor is not known while tracing; "

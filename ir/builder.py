@@ -100,6 +100,19 @@ class Sym:
     def __rtruediv__(self, o): return self._binary("div", o, True)
     def __neg__(self): return self.builder.op("neg", self)
     def __pos__(self): return self
+    def __abs__(self): return self.builder.op("abs", self)
+
+    # comparisons give 1.0/0.0 masks of the operands' dtype (for gc.where, or to multiply by);
+    # NaN compares false, as in numpy. == stays Python's identity: tensors are used as keys.
+    def __gt__(self, o): return self._binary("gt", o)
+    def __lt__(self, o): return self._binary("gt", o, True)
+    def __ge__(self, o): return self._binary("gt", o) + self._binary("eq", o)
+    def __le__(self, o): return self._binary("gt", o, True) + self._binary("eq", o)
+
+    def __len__(self) -> int:
+        if not self.shape or not isinstance(self.shape[0], int):
+            raise TypeError(f"len() of a traced {self.type}: its first dim is not a fixed number")
+        return self.shape[0]
 
     def __pow__(self, exponent: Any) -> Sym:
         if isinstance(exponent, Sym) or isinstance(exponent, (bool, np.bool_)) or \

@@ -131,7 +131,7 @@ _elementwise("div", 2, np.divide, lambda e, a, b: e.div(a, b),
              lambda g, out, a, b: (g / b, -(g * out) / b), doc="a / b")
 _elementwise("maximum", 2, np.maximum, lambda e, a, b: e.maximum(a, b),
              lambda g, out, a, b: _maximum_vjp(g, a, b),
-             doc="elementwise max, NaN-propagating; a tie sends the gradient to b")
+             doc="elementwise max, NaN-propagating; a tie splits the gradient evenly")
 _elementwise("gt", 2, lambda a, b: (a > b).astype(np.result_type(a, b)),
              lambda e, a, b: e.select(e.gt(a, b), e.const(1.0), e.const(0.0)),
              lambda g, out, a, b: (None, None), doc="1.0 where a > b else 0.0")
@@ -159,10 +159,30 @@ _elementwise("pow", 1, lambda x, exponent: np.power(x, x.dtype.type(exponent)), 
              attrs=("exponent",), doc="x ** exponent for a constant exponent")
 _elementwise("stop_gradient", 1, lambda x: x.copy(), lambda e, x: x,
              lambda g, out, x: (None,), doc="identity whose gradient is zero")
+_elementwise("abs", 1, np.abs, lambda e, x: e.abs(x),
+             # sign(x): 0 at the kink, as PyTorch's
+             lambda g, out, x: (g * _sign(x),),
+             doc="|x|")
+_elementwise("where", 3, lambda c, a, b: np.where(c != 0, a, b).astype(np.result_type(a, b)),
+             lambda e, c, a, b: e.select(e.eq(c, e.const(0.0)), b, a),
+             lambda g, out, c, a, b: (None, _where(c, g, 0.0), _where(c, 0.0, g)),
+             doc="a where c is nonzero (NaN included), else b: c is a mask such as gt's")
+
+
+def _sign(x):
+    zero = x.builder.const(0.0, x.dtype)
+    return x.builder.op("gt", x, zero) - x.builder.op("gt", zero, x)
+
+
+def _where(c, a, b):
+    """where(c, a, b) with either value side a Python number (a constant of the other's dtype)."""
+    like = b if isinstance(a, float) else a
+    return c.builder.op("where", c, c.builder.lift(a, like), c.builder.lift(b, like))
 
 
 def _maximum_vjp(g, a, b):
-    to_a = g * a.builder.op("gt", a, b)
+    # a tie splits the gradient evenly, as JAX and PyTorch do (and reduce_max does between its ties)
+    to_a = g * (a.builder.op("gt", a, b) + a.builder.op("eq", a, b) * 0.5)
     return to_a, g - to_a
 
 

@@ -67,7 +67,7 @@ def test_every_elementwise_op_fuses_into_a_matmul_epilogue(dtype, name):
     def model(a, b, c):
         out = a @ b
         positive = out * out + 0.25  # keeps log, sqrt and pow in their domain
-        operands = [positive, c][:arity]
+        operands = [out > 0.0, positive, c] if name == "where" else [positive, c][:arity]
         return positive.builder.op(name, *operands, **attrs)
     lowered = check_against_interpreter(model, arrays(dtype, (5, 4), (4, 6), (5, 6)), dtype)
     assert len(lowered.fusion.kernels) == 1, lowered.fusion_report()

@@ -233,6 +233,7 @@ UNARY_SPECIAL = {
     "sigmoid": (gc.jit(lambda x: gc.sigmoid(x)), None),
     "relu": (gc.jit(lambda x: gc.relu(x)), lambda x: np.maximum(x, 0)),
     "sqrt": (gc.jit(lambda x: gc.sqrt(x)), np.sqrt),
+    "abs": (gc.jit(lambda x: gc.abs(x)), np.abs),
 }
 
 
@@ -294,6 +295,33 @@ def test_maximum_special_values_match_numpy(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_minimum_where_and_comparisons_match_numpy(dtype):
+    """NaN, ±inf and ±0 on either side: minimum propagates NaN, comparisons of NaN are false, and
+    where(c, a, b) takes a wherever c is nonzero, NaN included."""
+    values = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0], dtype)
+    a, b = (np.ascontiguousarray(v) for v in np.meshgrid(values, values, indexing="ij"))
+    masks = gc.jit(lambda a, b: (a > b, a < b, a >= b, a <= b))(a, b)
+    for got, want in zip(masks, (a > b, a < b, a >= b, a <= b)):
+        np.testing.assert_array_equal(got, want.astype(dtype))
+    np.testing.assert_array_equal(gc.jit(lambda a, b: gc.minimum(a, b))(a, b), np.minimum(a, b))
+    chosen = gc.jit(lambda c, a, b: gc.where(c, a, b))(a, a * 2, b)
+    np.testing.assert_array_equal(chosen, np.where(a != 0, a * 2, b))
+    np.testing.assert_array_equal(gc.jit(lambda a: gc.where(a > 0, a, 0.5))(values),
+                                  np.where(values > 0, values, dtype(0.5)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_logsumexp_of_infinite_rows_is_infinite_as_in_jax(dtype):
+    """A row of -inf (fully masked) gives -inf, a row holding +inf gives +inf, NaN stays NaN; the
+    max subtracted for stability would make them inf - inf = NaN."""
+    x = np.array([[np.inf, 0.0, 1.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 0.0, 0.0],
+                  [np.nan, 1.0, 2.0], [1000.0, -1000.0, 3.0]], dtype)
+    got = gc.jit(lambda x: gc.logsumexp(x, axis=1))(x)
+    want = np.array([np.inf, -np.inf, np.log(2.0), np.nan, 1000.0], dtype)
+    assert_same_special(got, want, dtype, "logsumexp")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_reductions_propagate_nan_and_inf(dtype):
     x = np.array([[1.0, np.nan, 3.0], [np.inf, -np.inf, 0.0], [-np.inf, -np.inf, -np.inf],
                   [np.inf, 1.0, 2.0], [-1.0, -2.0, -3.0]], dtype)
@@ -326,3 +354,9 @@ def test_relu_and_maximum_gradients_at_infinity(dtype):
     da, db = gc.grad(lambda a, b: gc.sum(gc.maximum(a, b)), wrt=(0, 1))(x, y)
     np.testing.assert_array_equal(da, np.array([1.0, 0.0, 0.0, 1.0], dtype))
     np.testing.assert_array_equal(db, np.array([0.0, 1.0, 1.0, 0.0], dtype))
+    # abs and minimum: sign(x), 0 at the kink; a tie of minimum splits as maximum's does
+    dx = gc.grad(lambda x: gc.sum(abs(x)))(np.array([np.inf, -np.inf, 0.0, -2.0], dtype))
+    np.testing.assert_array_equal(dx, np.array([1.0, -1.0, 0.0, -1.0], dtype))
+    da, db = gc.grad(lambda a, b: gc.sum(gc.minimum(a, b)), wrt=(0, 1))(y, np.array([1.0, 2.0, 3.0, 0.0], dtype))
+    np.testing.assert_array_equal(da, np.array([0.5, 1.0, 0.5, 1.0], dtype))
+    np.testing.assert_array_equal(db, np.array([0.5, 0.0, 0.5, 0.0], dtype))

@@ -114,6 +114,7 @@ UNARY = {
     "tanh": (ANY, "transcendental", "vjp"),
     "sigmoid": (uniform(-4.0, 4.0), "transcendental", "vjp"),
     "relu": (NONZERO, "exact", "vjp"),
+    "abs": (NONZERO, "exact", "vjp"),
     "stop_gradient": (ANY, "exact", "none"),
 }
 for _op, (_dom, _tol, _grad) in UNARY.items():
@@ -144,6 +145,14 @@ BINARY = {
 for _op, (_doms, _tol, _grad) in BINARY.items():
     for _name, _shapes in BROADCAST_PAIRS.items():
         case(_op, _name, _shapes, domains=_doms, tol=_tol, grad=_grad)
+
+# where: a nonzero condition (away from 0, so finite differences never flip it) picks a; built on a
+# mask (c > 0, either sign), it picks both sides, and only the chosen side gets a gradient
+WHERE_TRIPLES = {"same": ((3, 4), (3, 4), (3, 4)), "broadcast": ((3, 1), (4,), ()), "0d": ((), (), ())}
+for _name, _shapes in WHERE_TRIPLES.items():
+    case("where", _name, _shapes, domains=(NONZERO, ANY, ANY), tol="exact")
+    case("where", f"{_name}-mask", _shapes, domains=(NONZERO, ANY, ANY), tol="exact",
+         build=lambda b, dt, c, x, y: b.op("where", b.op("gt", c, b.const(0.0, dt)), x, y))
 
 # pow: integer exponents use square-and-multiply, 0.5 sqrt, others e^(y log x) with y log x unrounded
 for _e in (2.0, 3.0, -1.0, 0.5, 1.5, 0.0, -2.5, -0.5, 2.2):
@@ -489,7 +498,7 @@ def test_interpreter_matches_numpy_semantics():
 # suite fast), a smaller selection in float32
 GRAD_F64 = {
     "exp-3x4", "log-3x4", "sqrt-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "neg-0d", "exp-1d",
-    "tanh-large", "stop_gradient-3x4",
+    "tanh-large", "stop_gradient-3x4", "abs-3x4", "where-same", "where-broadcast-mask",
     "add-row", "sub-scalar-left", "mul-outer", "div-col", "div-row-left", "maximum-row",
     "maximum-scalar", "mul-0d", "add-large-row", "gt-row", "eq-col",
     "pow-e2", "pow-e3", "pow-e-1", "pow-e0.5", "pow-e1.5", "pow-e0", "pow-e-2.5",
@@ -500,7 +509,8 @@ GRAD_F64 = {
     "matmul-NN", "matmul-NT", "matmul-TN", "matmul-TT", "matmul-large-TT",
     "size-times-x", "size-static", "const-elementwise-immediate",
 } | {c.id for c in CASES if c.sizes != ({},)}
-GRAD_F32 = {"exp-3x4", "log-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "div-row", "maximum-col",
+GRAD_F32 = {"exp-3x4", "log-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "div-row", "maximum-col", "abs-1d",
+            "where-0d-mask",
             "pow-e1.5", "pow-e-1", "reduce_max-axes02-keep", "reduce_sum-axes1-drop", "broadcast-middle",
             "transpose-3d-120", "matmul-TN", "matmul-NT", "size-sym-mean", "matmul-sym-k-TN", "add-sym-row"}
 GRADIENT_TOLERANCE = {"f32": (2e-6, 1e-6), "f64": (1e-13, 1e-14)}  # sums, then transcendental ops
@@ -710,13 +720,14 @@ def test_reduce_max_ties_share_the_gradient(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
-def test_maximum_tie_sends_the_gradient_to_b_and_relu_kink_gives_zero(dtype):
+def test_maximum_tie_splits_the_gradient_and_relu_kink_gives_zero(dtype):
+    """As in JAX and PyTorch: d max(a, b) is 1/2 to each side of a tie; relu'(0) = 0."""
     a = np.array([1.0, 2.0, -3.0, 0.0], NP_DTYPES[dtype])
     bb = np.array([1.0, 1.0, -3.0, 0.5], NP_DTYPES[dtype])
     for da, db in _interpreted_and_compiled_gradients(lambda b, x, y: b.op("maximum", x, y).sum(),
                                                       [(4,), (4,)], [a, bb], dtype):
-        np.testing.assert_array_equal(da, np.array([0, 1, 0, 0], NP_DTYPES[dtype]))
-        np.testing.assert_array_equal(db, np.array([1, 0, 1, 1], NP_DTYPES[dtype]))
+        np.testing.assert_array_equal(da, np.array([0.5, 1, 0.5, 0], NP_DTYPES[dtype]))
+        np.testing.assert_array_equal(db, np.array([0.5, 0, 0.5, 1], NP_DTYPES[dtype]))
     x = np.array([0.0, -0.0, 1.0, -1.0], NP_DTYPES[dtype])
     for (dx,) in _interpreted_and_compiled_gradients(lambda b, x: b.op("relu", x).sum(), [(4,)], [x], dtype):
         np.testing.assert_array_equal(dx, np.array([0, 0, 1, 0], NP_DTYPES[dtype]))
