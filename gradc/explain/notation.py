@@ -27,6 +27,7 @@ _FUNCTIONS = {
     "sqrt": ("√({0})", r"\sqrt{{{0}}}"), "relu": ("relu({0})", r"\operatorname{{relu}}({0})"),
     "maximum": ("max({0}, {1})", r"\max({0}, {1})"), "gt": ("𝟙({0} > {1})", r"\mathbb{{1}}[{0} > {1}]"),
     "eq": ("𝟙({0} = {1})", r"\mathbb{{1}}[{0} = {1}]"),
+    "abs": ("|{0}|", r"\lvert {0} \rvert"),
     "softmax": ("softmax({0})", r"\operatorname{{softmax}}({0})"),
     "log_softmax": ("log softmax({0})", r"\log\operatorname{{softmax}}({0})"),
 }
