@@ -22,6 +22,7 @@ import platform
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 from llvmlite import ir
@@ -276,11 +277,20 @@ def _define_barrier(module: ir.Module) -> ir.Function:
 
 def default_threads() -> int:
     """GRADC_NUM_THREADS if set, else the CPUs this process may run on (at most MAX_THREADS)."""
-    setting = os.environ.get("GRADC_NUM_THREADS", "")
-    if setting:
-        return max(1, min(int(setting), MAX_THREADS))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, MAX_THREADS))
+    default = max(1, min(cpus, MAX_THREADS))
+    setting = os.environ.get("GRADC_NUM_THREADS", "").strip()
+    if not setting:
+        return default
+    # like OMP_NUM_THREADS in libgomp: a bad value is reported and ignored, not fatal to `import gradc`
+    if not setting.isdigit() or int(setting) < 1:
+        warnings.warn(f"GRADC_NUM_THREADS={setting!r} is not a positive integer; using {default} threads",
+                      RuntimeWarning, stacklevel=2)
+        return default
+    if int(setting) > MAX_THREADS:
+        warnings.warn(f"GRADC_NUM_THREADS={setting}: at most {MAX_THREADS} threads here (one per CPU); "
+                      f"using {MAX_THREADS}", RuntimeWarning, stacklevel=2)
+    return min(int(setting), MAX_THREADS)
 
 
 class NativePool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from .backends.jit import NativeFunction
 if TYPE_CHECKING:
     from .profiling import Profile
 from .ir import Graph, TensorType
+from .ir.types import DTYPE_NAMES, NUMPY_DTYPES
 from .ir.autodiff import GradError
 from .ir.dot import to_dot
 from .dumping import dump_if_requested
@@ -122,8 +124,11 @@ class Compiled:
         self.fn, self.mode, self.has_aux = fn, mode, has_aux
         self.fusion = fusion if fusion is not None else os.environ.get("GRADC_NO_FUSION", "") in ("", "0")
         self.names = parameter_names(fn)
+        self._defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                          if p.default is not p.empty}
         self.wrt, self.single = _resolve_wrt(fn, wrt) if mode != "jit" else ([], False)
         self.annotated = annotated_types(fn)
+        self._annotated_dtypes = [NUMPY_DTYPES[t.dtype] for t in self.annotated or ()]
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
         self._annotated_compiled: tuple[Lowered, Any] | None = None
@@ -173,24 +178,40 @@ class Compiled:
         timings["fuse"] = time.perf_counter() - start
         return Lowered(graphs, fusion, timings), (structure, n_out)
 
-    def lower(self, *args: Any) -> Lowered:
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """The compilation for these arguments (or, with annotations, for the annotated types)."""
-        types = self.annotated if self.annotated is not None and not args else self._types_of(args)
-        return self._compile(types)[0]
+        if self.annotated is not None and not args and not kwargs:
+            return self._compile(self.annotated)[0]
+        return self._compile(self._types_of(self._arrays(self._positional(args, kwargs))))[0]
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         recent = self._recent
-        if recent:  # native code checks that the arguments fit, or refuses
+        if recent and not kwargs:  # native code checks that the arguments fit, or refuses
             hot, packer = recent[0]
             outputs = hot(*args)
             if outputs is not None:
                 return packer(outputs)
-            for i in range(1, len(recent)):
-                hot, packer = recent[i]
-                outputs = hot(*args)
-                if outputs is not None:
-                    self._recent = (recent[i],) + recent[:i] + recent[i + 1:]  # tried first next time
-                    return packer(outputs)
+            outputs = self._call_recent(args, first=1)
+            if outputs is not None:
+                return outputs
+        arrays = self._arrays(self._positional(args, kwargs))
+        if arrays is not args and recent:  # numbers and lists, as arrays, may fit a recent signature
+            outputs = self._call_recent(arrays, first=0)
+            if outputs is not None:
+                return outputs
+        return self._call_compiled(arrays)
+
+    def _call_recent(self, args: Sequence[Any], first: int) -> Any:
+        recent = self._recent
+        for i in range(first, len(recent)):
+            hot, packer = recent[i]
+            outputs = hot(*args)
+            if outputs is not None:
+                self._recent = (recent[i],) + recent[:i] + recent[i + 1:]  # tried first next time
+                return packer(outputs)
+        return None
+
+    def _call_compiled(self, args: Sequence[Any]) -> Any:
         if self.annotated is not None:
             if self._annotated_compiled is None:
                 self._annotated_compiled = self._compile(self.annotated)
@@ -210,6 +231,51 @@ class Compiled:
         hot, packer = native.hot_path(), self._packer(shape)
         self._recent = ((hot, packer),) + tuple(e for e in self._recent if e[0] is not hot)[:RECENT - 1]
         return packer(outputs)
+
+    def _positional(self, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        """The arguments in parameter order: keywords by name, defaults for parameters not given."""
+        if not kwargs and len(args) >= len(self.names):
+            return args
+        unknown = set(kwargs) - set(self.names)
+        if unknown:
+            raise TypeError(f"{function_name(self.fn)}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        given, count = list(args), len(args) + len(kwargs)
+        for name in self.names[len(args):]:
+            if name in kwargs:
+                given.append(kwargs.pop(name))
+            elif name in self._defaults:
+                given.append(self._defaults[name])
+            else:
+                raise TypeError(f"{function_name(self.fn)} takes {len(self.names)} arguments "
+                                f"({', '.join(self.names)}), got {count}: "
+                                f"{name!r} is missing")
+        if kwargs:  # what is left was also given by position
+            raise TypeError(f"{function_name(self.fn)}() got multiple values for argument {next(iter(kwargs))!r}")
+        return tuple(given)
+
+    def _arrays(self, args: tuple) -> tuple:
+        """`args` with Python numbers and lists as arrays of the parameter's annotated dtype, or else
+        of the array arguments' float dtype if they share one (float64 if not): like JAX's weak
+        types, a number has no dtype of its own. numpy scalars become 0-d arrays of their dtype.
+        `args` itself when every argument is an array already."""
+        if all(type(a) is np.ndarray for a in args):
+            return args
+        if self.annotated is not None and len(args) == len(self.annotated):
+            weak = self._annotated_dtypes
+        else:
+            floats = {a.dtype for a in args if isinstance(a, (np.ndarray, np.generic)) and a.dtype in DTYPE_NAMES}
+            weak = [floats.pop() if len(floats) == 1 else np.dtype(np.float64)] * len(args)
+        arrays = []
+        for a, dtype in zip(args, weak):
+            if isinstance(a, np.generic):
+                a = np.asarray(a)
+            elif isinstance(a, (int, float, list, tuple)) and not isinstance(a, bool):
+                try:
+                    a = np.asarray(a, dtype=dtype)
+                except (TypeError, ValueError):
+                    pass  # left as it is, for the argument check to say what is wrong with it
+            arrays.append(a)
+        return tuple(arrays)
 
     def _packer(self, shape: tuple) -> Callable[[list[np.ndarray]], Any]:
         """`_package` for one signature, the common cases spelled out: it runs on every call."""

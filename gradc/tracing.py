@@ -172,6 +172,10 @@ def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
         result = fn(*args)
     except (ShapeError, TypeError) as e:  # TracingError is a TypeError
         _point_at_user_line(e)
+        if isinstance(e, ShapeError) and "dtypes" in str(e) and len({t.dtype for t in types}) > 1:
+            # the clash is often between derived values (W.T, x @ W): say which arguments differ
+            e.args = (f"{e.args[0]}; the arguments' dtypes: "
+                      + ", ".join(f"{n} {t.dtype}" for n, t in zip(names, types)),) + e.args[1:]
         raise
     finally:
         sys.setprofile(previous)

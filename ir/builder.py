@@ -167,7 +167,8 @@ class Sym:
 def matmul(a: Sym, b: Sym) -> Sym:
     """numpy matmul for 1-D and 2-D operands, lowered onto the 2-D matmul op with reshapes."""
     if a.dtype != b.dtype:
-        raise ShapeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ (operands {describe([a.value, b.value])})")
+        raise ShapeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ; gradc does not promote silently, so "
+                         f"make both arguments the same dtype (operands {describe([a.value, b.value])})")
     if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
         raise ShapeError(f"matmul takes 1-D or 2-D operands (operands {describe([a.value, b.value])})")
     a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a

@@ -421,6 +421,59 @@ def test_wrong_argument_count():
         gc.grad(models.seed_loss)(*seed_args(), seed_args()[0])
 
 
+def scaled_norm(w: gc.f32[3], lam: gc.f32[()]):
+    return gc.sum(w * w) * lam
+
+
+@pytest.mark.parametrize("lam", [0.5, 2, np.float32(0.5), np.array(0.5, np.float32)],
+                         ids=["float", "int", "numpy-scalar", "0d-array"])
+def test_numbers_and_numpy_scalars_are_arguments(lam):
+    """A Python number takes the parameter's dtype (it has none of its own, as in JAX); a numpy
+    scalar is a 0-d array of its dtype. Value and gradients as with a 0-d array."""
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    step = gc.value_and_grad(scaled_norm, wrt=("w", "lam"))
+    for _ in range(2):  # first call compiles, the second goes through the recent-signature path
+        value, (dw, dlam) = step(w, lam)
+        assert value.dtype == dw.dtype == dlam.dtype == np.float32
+        np.testing.assert_allclose(value, 14 * float(np.asarray(lam)), rtol=1e-6)
+        np.testing.assert_allclose(dw, 2 * w * float(np.asarray(lam)), rtol=1e-6)
+        np.testing.assert_allclose(dlam, 14, rtol=1e-6)
+
+
+def test_numbers_and_lists_take_the_arrays_dtype_without_annotations():
+    x = np.array([1.0, 2.0], np.float32)
+    out = gc.jit(lambda x, s, b: x * s + b)(x, 3, [0.5, 0.25])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [3.5, 6.25])
+    assert gc.grad(lambda x, s: gc.sum(x * s), wrt=1)(x, 2.0).dtype == np.float32
+    with pytest.raises(TypeError, match=r"argument 'lam': expected dtype float32.*got float64"):
+        gc.jit(scaled_norm)(x[:1].repeat(3), np.float64(0.5))  # a numpy scalar keeps its dtype
+
+
+def test_keyword_arguments_and_defaults():
+    def loss(x, W, scale=2.0):
+        return gc.sum(x @ W) * scale
+    x, W = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    step = gc.grad(loss, wrt=(1, 2))
+    dW, dscale = step(x, W)  # the default fills in, as an argument of the array's dtype
+    np.testing.assert_array_equal(dW, np.full((3, 4), 4.0, np.float32))
+    assert dscale == 24.0 and dscale.dtype == np.float32
+    np.testing.assert_array_equal(step(W=W, x=x, scale=3.0)[0], np.full((3, 4), 6.0, np.float32))
+    np.testing.assert_array_equal(step(x, W=W)[0], dW)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'q'"):
+        step(x, W, q=1.0)
+    with pytest.raises(TypeError, match=r"multiple values for argument 'W'"):
+        step(x, W, W=W)
+    with pytest.raises(TypeError, match=r"loss takes 3 arguments \(x, W, scale\), got 1: 'W' is missing"):
+        step(x)
+
+
+def test_mixed_dtypes_without_annotations_name_the_arguments():
+    with pytest.raises(gc.ShapeError, match=r"matmul: dtypes f32 and f64 differ; gradc does not promote.*"
+                                            r"the arguments' dtypes: W f64, x f32"):
+        gc.grad(lambda W, x: gc.sum(x @ W.T))(np.ones((3, 4)), np.ones((2, 4), np.float32))
+
+
 def test_grad_of_non_scalar_output():
     with pytest.raises(gc.GradError, match=r"scalar output.*f64\[3,2\]"):
         gc.grad(lambda a: a * 2.0)(rand(3, 2))

@@ -299,3 +299,16 @@ def test_a_gemm_too_small_to_balance_has_no_pack_step():
         lowered = fn.lower(a, b)
         assert [prepacks_a(x) for x in lowered.fusion.kernels] == [balanced_]
         assert any(s.endswith(".pack_a") for s in lowered.native.steps) == balanced_
+
+
+@pytest.mark.parametrize("setting, message", [("abc", "not a positive integer"), ("0", "not a positive integer"),
+                                              ("1000", "at most")])
+def test_a_bad_num_threads_setting_is_reported_and_ignored(monkeypatch, setting, message):
+    """As libgomp does with OMP_NUM_THREADS: a warning naming the variable, never a failed import."""
+    from gradc.backends.threads import MAX_THREADS, default_threads
+    monkeypatch.setenv("GRADC_NUM_THREADS", setting)
+    with pytest.warns(RuntimeWarning, match=f"GRADC_NUM_THREADS.*{message}"):
+        threads = default_threads()
+    assert 1 <= threads <= MAX_THREADS
+    monkeypatch.setenv("GRADC_NUM_THREADS", "1")
+    assert default_threads() == 1
