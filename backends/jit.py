@@ -241,7 +241,7 @@ class NativeFunction:
             raise TypeError(f"{self.graph.name} takes {self._n_inputs} arguments "
                             f"({', '.join(self.input_names)}), got {len(args)}")
         dims = self._dims_type() if self.symbols else _NO_DIMS
-        bound = [False] * len(self.symbols)
+        bound: list[str | None] = [None] * len(self.symbols)  # the argument that set each symbol
         arrays = []
         for (name, t, dtype, static, axes), a in zip(self._inputs, args):
             if type(a) is not np.ndarray:
@@ -259,10 +259,11 @@ class NativeFunction:
                     if i is None:
                         if n != d:
                             raise self._shape_error(name, t, a)
-                    elif not bound[i]:
-                        dims[i], bound[i] = n, True
+                    elif bound[i] is None:
+                        dims[i], bound[i] = n, name
                     elif dims[i] != n:
-                        raise self._shape_error(name, t, a, f" with {d}={dims[i]} (from an earlier argument)")
+                        source = "an earlier axis" if bound[i] == name else f"argument {bound[i]!r}"
+                        raise self._shape_error(name, t, a, f" with {d}={dims[i]} (from {source})")
             flags = a.flags
             if not (flags.c_contiguous and flags.aligned):
                 a = np.array(a, order="C")  # a copy: never read a strided or misaligned buffer wrongly

@@ -1,6 +1,6 @@
 """The seed network x -> f = U x -> g = sigmoid(f) -> h = V g -> L = mean((h - y)^2), end to end.
 
-Prints the IR of every stage, checks the compiled gradients against the hand-derived matrix
+Prints the IR of the traced, grad, optimized and llvm stages, checks the compiled gradients against the hand-derived matrix
 calculus once, then trains a few steps of SGD on synthetic data with the compiled gradients.
 """
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Lowered:
             return self.native.llvm_ir_unoptimized
         if stage == "asm":
             return self.native.asm()
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(self.stages)}")
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(self.stages)} and llvm-unoptimized")
 
     def as_dot(self, stage: str = "grad") -> str:
         if stage not in self.graphs:

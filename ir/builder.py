@@ -1,12 +1,13 @@
 """Builds graphs with ordinary Python arithmetic: the tracer and the VJP rules both write `g * y`."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Union
 
 import numpy as np
 
 from .graph import Graph, Value
-from .types import ShapeError, TensorType, normalize_axes
+from .types import ShapeError, TensorType, normalize_axes, num_elements
 
 Scalar = Union[int, float, np.floating, np.integer]
 
@@ -44,6 +45,8 @@ class Builder:
         if isinstance(x, np.ndarray):
             raise TypeError(f"cannot combine a traced tensor with a numpy array of shape {x.shape}: "
                             "constant arrays are not captured; pass it to the function as an argument")
+        if isinstance(x, str) and any(x in v.type.symbols for v in self.graph.inputs):
+            return self.op("size", dims=[x], dtype=like.dtype)  # a symbolic dim (x.shape[0]) as a number
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.floating, np.integer)):
             raise TypeError(f"cannot combine a traced tensor with {type(x).__name__} {x!r:.80}; "
                             "use a tensor argument or a Python number")
@@ -121,6 +124,20 @@ class Sym:
                             "write gc.exp(e * gc.log(x))")
         return self.builder.op("pow", self, exponent=float(exponent))
 
+    def __rpow__(self, base: Any) -> Sym:
+        if isinstance(base, (bool, np.bool_)) or not isinstance(base, (int, float, np.floating, np.integer)) \
+                or not base > 0:
+            raise TypeError(f"b ** x needs a positive constant Python number b, got {base!r}")
+        return self.builder.op("exp", self * math.log(base))
+
+    @property
+    def size(self) -> int:
+        count, symbols = num_elements(self.shape)
+        if symbols:
+            raise TypeError(f"the size of a traced {self.type} depends on {', '.join(symbols)}; "
+                            "use gc.mean, or x.shape's symbolic dims as numbers")
+        return count
+
     def __matmul__(self, o): return matmul(self, self.builder.lift(o, self))
     def __rmatmul__(self, o): return matmul(self.builder.lift(o, self), self)
 
@@ -135,9 +152,29 @@ class Sym:
         return self.builder.op("transpose", self, perm=list(perm))
 
     def reshape(self, *shape: Any) -> Sym:
+        """numpy's reshape; one dim may be -1, inferred from the rest (a symbolic dim included,
+        when it is the only one the new shape leaves out)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        if -1 in shape:
+            shape = self._infer_minus_one(tuple(shape))
         return self.builder.op("reshape", self, shape=list(shape))
+
+    def _infer_minus_one(self, shape: tuple) -> tuple:
+        have, have_symbols = num_elements(self.shape)
+        rest = tuple(d for d in shape if d != -1)
+        given, given_symbols = num_elements(rest)
+        left = list(have_symbols)
+        for symbol in given_symbols:
+            if symbol in left:
+                left.remove(symbol)
+        if shape.count(-1) == 1 and given and len(left) <= 1 and len(left) + len(given_symbols) == len(have_symbols):
+            if not left and have % given == 0:
+                return tuple(have // given if d == -1 else d for d in shape)
+            if left and have == given:
+                return tuple(left[0] if d == -1 else d for d in shape)
+        raise ShapeError(f"reshape: cannot infer the -1 in {list(shape)} from {self.type}: one -1 stands for "
+                         "an int, or for a single symbolic dim the new shape leaves out")
 
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Sym:
         axes = normalize_axes(axis, self.ndim)

@@ -396,8 +396,13 @@ def test_wrong_shape_against_annotation_names_argument():
 
 
 def test_inconsistent_symbolic_dims_name_argument_and_binding():
-    with pytest.raises(gc.ShapeError, match=r"argument 'y'.*B=4.*\[3, 8\]"):
+    with pytest.raises(gc.ShapeError, match=r"argument 'y'.*B=4 \(from argument 'x'\).*\[3, 8\]"):
         annotated(f32(8, 5), f32(4, 5), f32(3, 8))
+
+    def square(a: gc.f32["B", "B"]):
+        return a * 2.0
+    with pytest.raises(gc.ShapeError, match=r"argument 'a'.*B=2 \(from an earlier axis\)"):
+        gc.jit(square)(f32(2, 3))
 
 
 def test_float64_into_float32_function():
@@ -472,6 +477,27 @@ def test_mixed_dtypes_without_annotations_name_the_arguments():
     with pytest.raises(gc.ShapeError, match=r"matmul: dtypes f32 and f64 differ; gradc does not promote.*"
                                             r"the arguments' dtypes: W f64, x f32"):
         gc.grad(lambda W, x: gc.sum(x @ W.T))(np.ones((3, 4)), np.ones((2, 4), np.float32))
+
+
+def test_reshape_minus_one_rpow_size_len_and_symbolic_dims_as_numbers():
+    x = rand(2, 3, 4)
+    assert gc.jit(lambda x: x.reshape(-1, 4))(x).shape == (6, 4)
+    assert gc.jit(lambda x: x.reshape(2, -1))(x).shape == (2, 12)
+
+    def per_row(x: gc.f64["B", 3, 4]):
+        flat = x.reshape("B", -1)  # -1 = 12; and below, -1 stands for the symbolic dim itself
+        return gc.sum(flat, axis=1) / x.shape[0], flat.reshape(-1, 3, 4)
+    mean_of_rows, back = gc.jit(per_row)(x)
+    np.testing.assert_allclose(mean_of_rows, x.reshape(2, -1).sum(1) / 2, rtol=1e-15)
+    np.testing.assert_array_equal(back, x)
+    with pytest.raises(gc.ShapeError, match=r"cannot infer the -1 in \[-1, 5\]"):
+        gc.jit(lambda x: x.reshape(-1, 5))(x)
+    y = rand(2, 3)
+    np.testing.assert_allclose(gc.jit(lambda y: 2.0 ** y)(y), 2.0 ** y, rtol=1e-14)
+    np.testing.assert_allclose(gc.grad(lambda y: gc.sum(3.0 ** y))(y), np.log(3.0) * 3.0 ** y, rtol=1e-14)
+    with pytest.raises(TypeError, match=r"positive constant"):
+        gc.jit(lambda y: (-2.0) ** y)(y)
+    np.testing.assert_allclose(gc.jit(lambda y: y * y.size + len(y))(y), y * 6 + 2, rtol=1e-15)
 
 
 def test_grad_of_non_scalar_output():
