@@ -14,7 +14,7 @@ import numpy as np
 from .backends.jit import NativeFunction
 if TYPE_CHECKING:
     from .profiling import Profile
-from .ir import Graph, TensorType
+from .ir import Graph, Sym, TensorType
 from .ir.types import DTYPE_NAMES, NUMPY_DTYPES
 from .ir.autodiff import GradError
 from .ir.dot import to_dot
@@ -194,7 +194,14 @@ class Compiled:
             outputs = self._call_recent(args, first=1)
             if outputs is not None:
                 return outputs
-        arrays = self._arrays(self._positional(args, kwargs))
+        args = self._positional(args, kwargs)
+        if any(isinstance(a, Sym) for a in args):  # called inside another function being traced
+            if self.mode != "jit":
+                raise TypeError(f"gc.{self.mode}({function_name(self.fn)}) called inside a function being "
+                                f"traced: gradc does not nest gradients in traced code (gc.jit nests); "
+                                f"compile the outer function with gc.{self.mode} instead")
+            return self.fn(*args)  # as JAX inlines a nested jit: its ops join the outer graph
+        arrays = self._arrays(args)
         if arrays is not args and recent:  # numbers and lists, as arrays, may fit a recent signature
             outputs = self._call_recent(arrays, first=0)
             if outputs is not None:

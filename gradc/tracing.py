@@ -202,17 +202,30 @@ def _point_at_user_line(error: Exception) -> None:
 
 
 def _flatten(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
+    """The tensors of what fn returned, in order, and its structure: tensors (None), and tuples,
+    lists, dicts and None (no tensor, as in JAX's pytrees) nested."""
+    flat, structure = _flatten_tree(result, fn)
+    if not flat:
+        raise TypeError(f"{function_name(fn)} must return at least one traced tensor, got {result!r:.80}")
+    return flat, structure
+
+
+def _flatten_tree(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
     if isinstance(result, Sym):
         return [result], None
-    if isinstance(result, (tuple, list)) and result:
+    if result is None:
+        return [], (type(None), [])
+    if isinstance(result, (tuple, list, dict)):
+        items = result.values() if isinstance(result, dict) else result
         flat, spec = [], []
-        for item in result:
-            sub, s = _flatten(item, fn)
+        for item in items:
+            sub, s = _flatten_tree(item, fn)
             flat += sub
             spec.append((len(sub), s))
-        return flat, (type(result), spec)
-    raise TypeError(f"{function_name(fn)} must return a traced tensor or a tuple/list of them, "
-                    f"got {type(result).__name__}")
+        kind = (dict, tuple(result)) if isinstance(result, dict) else type(result)
+        return flat, (kind, spec)
+    raise TypeError(f"{function_name(fn)} must return traced tensors (in tuples, lists or dicts), "
+                    f"got {type(result).__name__} {result!r:.80}")
 
 
 def unflatten(arrays: list[np.ndarray], structure: Any) -> Any:
@@ -223,4 +236,8 @@ def unflatten(arrays: list[np.ndarray], structure: Any) -> Any:
     for count, s in spec:
         out.append(unflatten(arrays[i:i + count], s))
         i += count
+    if kind is type(None):
+        return None
+    if isinstance(kind, tuple):  # (dict, keys)
+        return dict(zip(kind[1], out))
     return kind(out)

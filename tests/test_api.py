@@ -575,8 +575,36 @@ def test_indexing_and_values_of_a_tracer(fn):
 
 
 def test_non_tensor_return():
-    with pytest.raises(TypeError, match="must return a traced tensor.*got NoneType"):
+    with pytest.raises(TypeError, match="must return at least one traced tensor, got None"):
         gc.jit(lambda x: None)(rand(3))
+    with pytest.raises(TypeError, match="must return traced tensors .*got str 'a'"):
+        gc.jit(lambda x: (x, "a"))(rand(3))
+
+
+def test_a_jitted_function_called_while_tracing_joins_the_outer_graph():
+    inner = gc.jit(lambda a, b: gc.sigmoid(a @ b))
+    W, x = rand(3, 2), rand(4, 3)
+    dW = gc.grad(lambda W, x: gc.sum(inner(x, W)))(W, x)
+    s = 1 / (1 + np.exp(-(x @ W)))
+    np.testing.assert_allclose(dW, x.T @ (s * (1 - s)), rtol=1e-12)
+    nested = gc.jit(lambda W, x: gc.grad(lambda W: gc.sum(W * x))(W))
+    with pytest.raises(TypeError, match=r"gc.grad\(<lambda>\) called inside a function being traced"):
+        nested(W, W)
+
+
+def test_returns_nest_dicts_and_none_as_pytrees():
+    """As in JAX: dicts (keys kept) and None (no tensor) anywhere in what a function returns, aux too."""
+    x = rand(2, 3)
+    out = gc.jit(lambda x: {"double": x * 2, "stats": (gc.sum(x), None), "none": []})(x)
+    assert list(out) == ["double", "stats", "none"] and out["none"] == [] and out["stats"][1] is None
+    np.testing.assert_allclose(out["stats"][0], x.sum(), rtol=1e-14)
+    (loss, aux), dx = gc.value_and_grad(lambda x: (gc.sum(x * x), {"mean": gc.mean(x), "skip": None}),
+                                        has_aux=True)(x)
+    assert aux["skip"] is None
+    np.testing.assert_allclose(aux["mean"], x.mean(), rtol=1e-14)
+    np.testing.assert_allclose(dx, 2 * x, rtol=1e-14)
+    (loss, aux), _ = gc.value_and_grad(lambda x: (gc.sum(x), None), has_aux=True)(x)
+    assert aux is None
 
 
 def test_tensor_exponent():
