@@ -37,6 +37,7 @@ relu = _unary("relu")
 exp = _unary("exp")
 log = _unary("log")
 sqrt = _unary("sqrt")
+log1p = _unary("log1p")
 abs = _unary("abs")  # noqa: A001 - numpy's name
 stop_gradient = _unary("stop_gradient")
 
@@ -122,6 +123,13 @@ def softmax(x: Sym, axis: Axis = -1) -> Sym:
 def log_softmax(x: Sym, axis: Axis = -1) -> Sym:
     shifted, axes = _shifted(_tensor(x, "log_softmax"), axis)
     return shifted - log(exp(shifted).sum(axes, keepdims=True))
+
+
+def softplus(x: Sym) -> Sym:
+    """log(1 + e^x) without overflow, accurate in both tails: max(x, 0) + log1p(e^-|x|). At 0 the
+    kinks' gradients (1/2 from maximum's tie, 0 from abs) add up to the true 1/2."""
+    x = _tensor(x, "softplus")
+    return maximum(x, 0.0) + log1p(exp(-abs(x)))
 
 
 def mse(pred: Sym, target: Sym) -> Sym:

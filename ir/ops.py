@@ -84,6 +84,14 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + z), z / (1 + z)).astype(x.dtype)
 
 
+def _log1p_scalar(e, x):
+    # Goldberg's trick: w = 1 + x rounds, but log(w) * x / (w - 1) cancels that rounding to a few ulp
+    one = e.const(1.0)
+    w = e.add(one, x)
+    result = e.select(e.eq(w, one), x, e.mul(e.log(w), e.div(x, e.sub(w, one))))
+    return e.select(e.eq(x, e.const(math.inf)), x, result)  # inf / inf would be NaN
+
+
 def _pow_scalar(e, x, exponent: float):
     exponent = e.nearest(exponent)  # as numpy's reference has it: x.dtype.type(exponent)
     if exponent == 0:
@@ -142,6 +150,8 @@ _elementwise("neg", 1, np.negative, lambda e, x: e.neg(x), lambda g, out, x: (-g
 _elementwise("exp", 1, np.exp, lambda e, x: e.exp(x), lambda g, out, x: (g * out,), doc="e**x")
 _elementwise("log", 1, np.log, lambda e, x: e.log(x), lambda g, out, x: (g / x,),
              doc="natural log")
+_elementwise("log1p", 1, np.log1p, lambda e, x: _log1p_scalar(e, x), lambda g, out, x: (g / (x + 1.0),),
+             doc="log(1 + x), accurate for tiny x")
 _elementwise("sqrt", 1, np.sqrt, lambda e, x: e.sqrt(x), lambda g, out, x: (g / (out * 2.0),),
              doc="square root")
 _elementwise("tanh", 1, np.tanh, lambda e, x: e.tanh(x),

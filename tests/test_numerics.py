@@ -89,6 +89,10 @@ def _logsumexp_all_loss(x, w):
     return w * gc.logsumexp(x)
 
 
+def _softplus_loss(x, w):
+    return gc.sum(w * gc.softplus(x))
+
+
 def _xent(logits, onehot):
     return gc.softmax_cross_entropy(logits, onehot)
 
@@ -96,7 +100,7 @@ def _xent(logits, onehot):
 VALUE_AND_GRAD = {name: gc.value_and_grad(fn, wrt=0) for name, fn in [
     ("sigmoid", _sigmoid_loss), ("softmax", _softmax_loss), ("softmax0", _softmax0_loss),
     ("log_softmax", _log_softmax_loss), ("logsumexp", _logsumexp_loss),
-    ("logsumexp_all", _logsumexp_all_loss), ("xent", _xent)]}
+    ("logsumexp_all", _logsumexp_all_loss), ("softplus", _softplus_loss), ("xent", _xent)]}
 JIT = {
     "sigmoid": gc.jit(lambda x: gc.sigmoid(x)),
     "softmax": gc.jit(lambda x: gc.softmax(x, -1)),
@@ -105,6 +109,7 @@ JIT = {
     "logsumexp": gc.jit(lambda x: gc.logsumexp(x, -1)),
     "logsumexp_keep": gc.jit(lambda x: gc.logsumexp(x, -1, keepdims=True)),
     "logsumexp_all": gc.jit(lambda x: gc.logsumexp(x)),
+    "softplus": gc.jit(lambda x: gc.softplus(x)),
 }
 
 
@@ -132,6 +137,9 @@ REFERENCES = {
     "logsumexp_all": (lambda x: np_logsumexp(x, None),
                       lambda x, w: w * np_softmax(x.ravel(), 0).reshape(x.shape),
                       lambda x, w: w * np_logsumexp(x, None)),
+    "softplus": (lambda x: np.logaddexp(x, 0.0),
+                 lambda x, w: w * np_sigmoid(x),
+                 lambda x, w: np.sum(w * np.logaddexp(x, 0.0))),
 }
 W_SHAPE = {"logsumexp": lambda s: s[:-1], "logsumexp_all": lambda s: ()}
 
@@ -234,6 +242,7 @@ UNARY_SPECIAL = {
     "relu": (gc.jit(lambda x: gc.relu(x)), lambda x: np.maximum(x, 0)),
     "sqrt": (gc.jit(lambda x: gc.sqrt(x)), np.sqrt),
     "abs": (gc.jit(lambda x: gc.abs(x)), np.abs),
+    "log1p": (gc.jit(lambda x: gc.log1p(x)), np.log1p),
 }
 
 

@@ -115,6 +115,7 @@ UNARY = {
     "sigmoid": (uniform(-4.0, 4.0), "transcendental", "vjp"),
     "relu": (NONZERO, "exact", "vjp"),
     "abs": (NONZERO, "exact", "vjp"),
+    "log1p": (uniform(-0.5, 3.0), "transcendental", "vjp"),
     "stop_gradient": (ANY, "exact", "none"),
 }
 for _op, (_dom, _tol, _grad) in UNARY.items():
@@ -498,7 +499,7 @@ def test_interpreter_matches_numpy_semantics():
 # suite fast), a smaller selection in float32
 GRAD_F64 = {
     "exp-3x4", "log-3x4", "sqrt-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "neg-0d", "exp-1d",
-    "tanh-large", "stop_gradient-3x4", "abs-3x4", "where-same", "where-broadcast-mask",
+    "tanh-large", "stop_gradient-3x4", "abs-3x4", "log1p-3x4", "where-same", "where-broadcast-mask",
     "add-row", "sub-scalar-left", "mul-outer", "div-col", "div-row-left", "maximum-row",
     "maximum-scalar", "mul-0d", "add-large-row", "gt-row", "eq-col",
     "pow-e2", "pow-e3", "pow-e-1", "pow-e0.5", "pow-e1.5", "pow-e0", "pow-e-2.5",
@@ -558,6 +559,24 @@ def test_pow_integer_and_half_integer_exponents_within_a_few_ulp(exponent, dtype
     ulps = np.abs(actual.astype(wide) - exact) / (np.abs(exact) * np.finfo(NP_DTYPES[dtype]).eps)
     assert float(ulps.max()) <= 2.5, f"max error {float(ulps.max()):.1f} ULP at x = {x[np.argmax(ulps)]}"
     np.testing.assert_allclose(actual, interpret(graph, x)[0], rtol=5 * np.finfo(NP_DTYPES[dtype]).eps)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_log1p_within_a_few_ulp_over_its_whole_domain(dtype):
+    """Every float above -1 (random bit patterns) and dense tiny and moderate x, against the exact
+    log1p: Goldberg's log(w) * x / (w - 1) cancels the rounding of w = 1 + x."""
+    np_dtype = NP_DTYPES[dtype]
+    bits = np.uint32 if dtype == "f32" else np.uint64
+    raw = np.random.default_rng(5).integers(0, np.iinfo(bits).max, 400_000, dtype=bits).view(np_dtype)
+    x = np.concatenate([raw[np.isfinite(raw) & (raw > -1)], np.linspace(-0.99, 3.0, 20_001, dtype=np_dtype),
+                        (10.0 ** np.linspace(-30, 0, 5_001)).astype(np_dtype)])
+    (actual,) = NativeFunction(forward_graph(Case("log1p", "sweep", ((len(x),),)), dtype))(x)
+    wide = np.longdouble if dtype == "f64" else np.float64
+    exact = np.log1p(x.astype(wide))
+    rounded = exact.astype(np_dtype)
+    ulps = np.abs(actual.astype(wide) - exact) / np.spacing(np.abs(rounded)).astype(wide)
+    worst = int(np.argmax(ulps))
+    assert float(ulps[worst]) <= 2.5, f"{float(ulps[worst]):.2f} ULP at x = {x[worst]!r}"
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
