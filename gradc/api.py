@@ -71,10 +71,14 @@ class Lowered:
         from .explain import explain
         return explain(self, wrt, stage)
 
-    def profile(self, *args: Any, calls: int = 0) -> "Profile":
+    def profile(self, *args: Any, calls: int = 0, dims: dict[str, int] | None = None) -> "Profile":
         """Where a call's time goes, kernel by kernel (a gradc.profiling.Profile; print it): a
-        second compilation, timed inside native code, called `calls` times (0: about 0.5 s worth)."""
+        second compilation, timed inside native code, called `calls` times (0: about 0.5 s worth).
+        Without arguments, on random ones (symbolic dims from `dims`, else gradc.checking's default)."""
         from .profiling import profile
+        if not args:
+            from .checking import random_arguments
+            args = random_arguments([v.type for v in self.graphs["optimized"].inputs], dims)
         with self._lock:
             if self._profiled is None:
                 self._profiled = NativeFunction(self.graphs["optimized"], self.fusion, profile=True)

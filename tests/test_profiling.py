@@ -49,3 +49,10 @@ def test_symbolic_dims_and_the_plain_function_cannot_profile():
     assert result.steps[0].flops == 2 * 7 * 5 * 3
     with pytest.raises(RuntimeError, match="profile=True"):
         affine.lower().native.step_times()
+
+
+def test_an_annotated_function_profiles_on_random_arguments():
+    """As `gradc profile` does: no arrays needed, symbolic dims from `dims`."""
+    result = gc.value_and_grad(models.seed_annotated, wrt=("U", "V")).lower().profile(dims={"B": 33}, calls=3)
+    k0 = next(s for s in result.steps if s.name == "k0")
+    assert result.calls == 3 and k0.flops == 2 * 33 * 8 * 5  # x @ U.T: B x 5 times 5 x 8
