@@ -62,7 +62,9 @@ def random_arguments(types_: Sequence[TensorType], dims: dict[str, int] | None =
     for t in types_:
         shape = tuple(dims[d] if isinstance(d, str) else d for d in t.shape)
         scale = 1 / np.sqrt(shape[-1]) if len(shape) >= 2 and shape[-1] else 1.0
-        arrays.append((rng.standard_normal(shape) * scale).astype(t.np_dtype))
+        # asarray, not astype: arithmetic on a 0-d array gives a numpy scalar, which would take
+        # the slow path of gradc's call boundary (and time it, in a profile)
+        arrays.append(np.asarray(rng.standard_normal(shape) * scale, dtype=t.np_dtype))
     return arrays
 
 
@@ -165,8 +167,8 @@ def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, d
     for name, grad in zip(wrt, grads):
         i = names.index(name)
 
-        def loss_at(delta: np.ndarray, i: int = i) -> float:
-            return float(forward(*args[:i], args[i] + delta, *args[i + 1:]))
+        def loss_at(delta: np.ndarray, i: int = i) -> float:  # asarray: x + delta is a scalar when 0-d
+            return float(forward(*args[:i], np.asarray(args[i] + delta), *args[i + 1:]))
         worst, where, count = _worst_error(loss_at, args[i], grad, name, rng, samples, directions, eps)
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
             worst, where = float("inf"), "the loss or gradient is not finite at these inputs"

@@ -9,10 +9,14 @@
 A target is FILE.py:FUNC, a function whose parameters carry gc.f32[...] annotations, or an IR
 text file (.gir) as `gradc dump --stage traced` prints it. Mistakes in the user's file are
 reported at the user's file and line, never as a gradc traceback (--traceback shows one).
+A function without a scalar output compiles as gc.jit compiles it: its forward stages can be
+dumped, drawn and profiled; the commands that need a gradient say that it has none.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import inspect
 import os
@@ -24,16 +28,20 @@ import sysconfig
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import dumping
-from .api import Compiled, Lowered, value_and_grad
+from .api import Compiled, Lowered, jit, value_and_grad
 from .checking import bind_symbols, check_grad, random_arguments, with_dtype
 from .ir import Graph, ParseError, TensorType, parse
-from .tracing import Annotation, annotated_types, parameter_names
+from .tracing import Annotation, annotated_types, parameter_names, trace
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70  # 70: EX_SOFTWARE of sysexits.h
 GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
+DOT_FORMATS = ("dot", "gv")
+GRADIENT_STAGES = ("grad",)  # what a compilation without a gradient (gc.jit's) lacks
+# gradc's errors that are about the user's function as a whole (its output, its annotations)
+USER_ERROR_TYPES = ("GradError", "ShapeError", "TracingError", "ParseError")
 INSTALL_GRAPHVIZ = ("Graphviz's `dot` program is not installed. Install it with\n"
                     "    apt-get install graphviz      (Debian, Ubuntu)\n"
                     "    brew install graphviz         (macOS)\n"
@@ -53,6 +61,11 @@ class UserError(Exception):
         return text + (f"\n{self.source}" if self.source else "")
 
 
+class UsageError(UserError):
+    """A command-line value that does not fit the model (a --stage, --wrt or --dim it has not):
+    exit status 2 and the usage, as argparse reports the values it can check itself."""
+
+
 # --- where an exception happened in the user's code -------------------------------------------------
 
 _GRADC_DIRS = tuple(str(Path(str(m)).resolve().parent) + os.sep for m in
@@ -62,7 +75,7 @@ _LIBRARY_DIRS = tuple(str(Path(p).resolve()) + os.sep for p in
 
 
 def _is_user_file(filename: str) -> bool:
-    if filename.startswith("<"):
+    if filename.startswith("<") or not Path(filename).is_file():  # Cython frames name a .pyx not there
         return False
     path = str(Path(filename).resolve())
     return not path.startswith(_GRADC_DIRS) and not path.startswith(_LIBRARY_DIRS)
@@ -112,6 +125,23 @@ class Target:
     fn: Callable
     path: Path
     name: str
+
+    @functools.cached_property
+    def non_scalar_output(self) -> str | None:
+        """What the function returns when it is not one scalar, so that it has no gradient (only
+        gc.jit's forward stages); None for a loss. Traces the function: read it inside
+        `reported_as_user_errors`."""
+        graph, structure = trace(self.fn, annotated_types(self.fn) or [])
+        if structure is None and graph.outputs[0].type.shape == ():
+            return None
+        types = ", ".join(str(v.type) for v in graph.outputs)
+        return types if structure is None else f"a {structure[0].__name__} ({types})"
+
+    def no_gradient(self, purpose: str) -> UserError:
+        """The error of a command that needs the gradient of a function without one."""
+        return UserError(f"{self.name} has no scalar output (it returns {self.non_scalar_output}), so "
+                         f"there is no gradient {purpose}; a loss is one scalar, e.g. gc.sum or gc.mean "
+                         "of it", _where(self.fn))
 
 
 def _split_target(spec: str) -> tuple[Path, str | None]:
@@ -228,11 +258,8 @@ def load_ir(path: Path, dtype: str | None) -> Target:
             raise UserError(m.group(2), f"{_display(str(path))}:{m.group(1)}",
                             _source_line(str(path), int(m.group(1)))) from None
         raise UserError(str(e), _display(str(path))) from None
-    if len(graph.outputs) != 1 or graph.outputs[0].type.shape != ():
-        raise UserError(f"the IR returns {', '.join(str(v.type) for v in graph.outputs)}: gradc "
-                        "differentiates one scalar loss (the traced stage of a loss function)", str(path))
     if not graph.inputs:
-        raise UserError("the IR function has no inputs to differentiate", str(path))
+        raise UserError("the IR function has no inputs to compile", str(path))
     return Target(ir_function(graph, path, text, dtype), path, graph.name)
 
 
@@ -248,26 +275,61 @@ def load_target(spec: str, dtype: str | None = None) -> Target:
 
 
 def _wrt(target: Target, wrt: str | None) -> list[str]:
+    """The parameter names --wrt picks: names or indices (negative from the end), as gc.grad's wrt."""
     names = parameter_names(target.fn)
     if not wrt:
         return names  # gradc computes in f32/f64 only, so every argument is a float argument
     chosen = [w.strip() for w in wrt.split(",") if w.strip()]
-    unknown = [w for w in chosen if w not in names]
-    if unknown:
-        raise UserError(f"--wrt {','.join(unknown)}: {target.name} has parameters {', '.join(names)}")
-    return chosen
+    indices = {w: int(w) for w in chosen if re.fullmatch(r"-?\d+", w, re.ASCII)}
+    in_range = {w for w, i in indices.items() if -len(names) <= i < len(names)}
+    unknown = [w for w in chosen if w not in names and w not in in_range]
+    if unknown or not chosen:
+        raise UsageError(f"--wrt {','.join(unknown) or wrt}: {target.name} has parameters "
+                         f"{', '.join(names)} (indices 0 to {len(names) - 1}, or {-len(names)} to -1)")
+    return [names[indices[w]] if w in indices else w for w in chosen]
 
 
-def lower(target: Target, wrt: list[str]) -> Lowered:
+@contextlib.contextmanager
+def reported_as_user_errors(target: Target) -> Iterator[None]:
+    """Errors while compiling or running `target` as UserErrors when they are the user's: at the
+    innermost line of the user's code that ran, else (a GradError, ShapeError, ... raised after the
+    user's code returned) at the function as a whole. Anything else stays an internal error."""
     try:
-        return value_and_grad(target.fn, wrt=tuple(wrt)).lower()
+        yield
+    except UserError:
+        raise
     except Exception as e:
         error = user_error(e)
         if error is not None:
             raise error from e
-        if type(e).__name__ in ("GradError", "ShapeError", "TracingError", "ParseError"):
-            raise UserError(str(e), _where(target.fn)) from e  # about the function as a whole
+        if type(e).__name__ in USER_ERROR_TYPES:
+            raise UserError(str(e), _where(target.fn)) from e
         raise
+
+
+def lower(target: Target, wrt: list[str]) -> Lowered:
+    """The value-and-gradient compilation of a loss; gc.jit's of a function without a scalar
+    output, whose forward stages can be inspected all the same."""
+    with reported_as_user_errors(target):
+        compiled = jit(target.fn) if target.non_scalar_output else value_and_grad(target.fn, wrt=tuple(wrt))
+        return compiled.lower()
+
+
+def require_gradient(target: Target, purpose: str) -> None:
+    """Refuse, as the user's error, a function without a gradient for a command that needs one."""
+    with reported_as_user_errors(target):
+        if target.non_scalar_output:
+            raise target.no_gradient(purpose)
+
+
+def _stage(target: Target, stage: str, available: Sequence[str], listing: str) -> None:
+    """Refuse a --stage not in `available`: the gradient's stages of a function without one as the
+    user's error, any other as a bad command-line value (`listing` says it, {} the stages)."""
+    if stage in available:
+        return
+    if stage in GRADIENT_STAGES and target.non_scalar_output:
+        raise target.no_gradient(f"and no {stage} stage; its stages are {', '.join(available)}")
+    raise UsageError(f"--stage {stage}: " + listing.format(", ".join(available)))
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -275,8 +337,8 @@ def lower(target: Target, wrt: list[str]) -> Lowered:
 def cmd_dump(args: argparse.Namespace, target: Target, out: Any) -> int:
     lowered = lower(target, _wrt(target, args.wrt))
     available = dumping.stage_order(lowered)
-    if args.stage != "all" and args.stage not in available:
-        raise UserError(f"--stage {args.stage}: stages are {', '.join(available)} or all")
+    if args.stage != "all":
+        _stage(target, args.stage, available, "stages are {} or all")
     stages = available if args.stage == "all" else [args.stage]
     for stage in stages:
         text = dumping.stage_text(lowered, stage)  # first: the header reports the time it took
@@ -322,53 +384,52 @@ def _with_legend(dot: str, title: str) -> str:
 
 def cmd_dot(args: argparse.Namespace, target: Target, out: Any) -> int:
     lowered = lower(target, _wrt(target, args.wrt))
-    if args.stage not in lowered.graphs:
-        raise UserError(f"--stage {args.stage}: graph stages are {', '.join(lowered.graphs)}")
+    _stage(target, args.stage, list(lowered.graphs), "graph stages are {}")
     dot = _kernel_clusters(lowered.as_dot(args.stage), lowered.graphs[args.stage])
     dot = _with_legend(dot, f"{target.name}: {args.stage} stage")
     if args.output is None:
         out.write(dot)
         return 0
     path = Path(args.output)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt in ("dot", "gv"):
+    fmt = _picture_format(args.output)
+    if fmt in DOT_FORMATS:
         path.write_text(dot, encoding="utf-8")
-    elif fmt in GRAPHVIZ_FORMATS:
+    else:
         program = shutil.which("dot")
         if program is None:
             raise UserError(f"cannot write {path}: " + INSTALL_GRAPHVIZ)
         run = subprocess.run([program, f"-T{fmt}", "-o", str(path)], input=dot.encode(), capture_output=True)
         if run.returncode != 0:
             raise UserError(f"Graphviz failed to write {path}: {run.stderr.decode(errors='replace').strip()}")
-    else:
-        raise UserError(f"-o {path}: the picture format comes from the suffix: .svg, .png, .pdf or .dot")
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
-def _dims(values: Sequence[str] | None) -> dict[str, int]:
-    dims = {}
-    for item in values or ():
-        name, sep, size = item.partition("=")
-        if not sep or not name.isidentifier() or not size.isdigit() or int(size) < 1:
-            raise UserError(f"--dim {item}: expected NAME=SIZE, e.g. --dim B=8")
-        dims[name] = int(size)
-    return dims
+def _dims(target: Target, given: Sequence[tuple[str, int]] | None) -> dict[str, int]:
+    """A size for each symbolic dim of target's parameters: --dim's (which must name them), 4 for the rest."""
+    types = annotated_types(target.fn) or []  # loading made sure there are annotations
+    symbols = list(dict.fromkeys(d for t in types for d in t.symbols))
+    for name, size in given or ():
+        if name not in symbols:
+            have = f"its symbolic dims are {', '.join(symbols)}" if symbols else "it has no symbolic dims"
+            raise UsageError(f"--dim {name}={size}: {target.name} has no dim {name}; {have}")
+    return bind_symbols(types, dict(given or ()))
 
 
 def cmd_explain(args: argparse.Namespace, target: Target, out: Any) -> int:
     from .explain import explain
     wrt = _wrt(target, args.wrt)
+    dims = _dims(target, args.dim)
+    require_gradient(target, "to explain")
     lowered = lower(target, wrt)
-    if args.stage not in lowered.graphs:
-        raise UserError(f"--stage {args.stage}: explain reads a graph stage ({', '.join(lowered.graphs)})")
+    _stage(target, args.stage, list(lowered.graphs), "explain reads a graph stage: {}")
     explanation = explain(lowered, wrt, args.stage)
     out.write(explanation.latex() if args.latex else explanation.text(verbose=args.verbose))
     if args.verify:
         # the same formulas read from a float64 compilation, evaluated against the graph's values
         exact = explain(lower(Target(with_dtype(target.fn, "f64"), target.path, target.name), wrt),
                         wrt, args.stage)
-        errors = exact.verify(*exact.example_inputs(_dims(args.dim), args.seed))
+        errors = exact.verify(*exact.example_inputs(dims, args.seed))
         worst = max(errors, key=lambda key: errors[key])
         out.write(f"\nverified: each formula evaluated with numpy on random inputs (float64) matches "
                   f"the compiled graph; worst relative error {errors[worst]:.1e} (%{worst})\n")
@@ -379,37 +440,77 @@ def cmd_explain(args: argparse.Namespace, target: Target, out: Any) -> int:
 
 def cmd_check(args: argparse.Namespace, target: Target, out: Any) -> int:
     wrt = _wrt(target, args.wrt)
-    types = annotated_types(target.fn) or []  # loading made sure there are annotations
-    dims = bind_symbols(types, _dims(args.dim))
-    arrays = random_arguments(types, dims, args.seed)
-    try:
+    dims = _dims(target, args.dim)
+    require_gradient(target, "to check")
+    arrays = random_arguments(annotated_types(target.fn) or [], dims, args.seed)
+    with reported_as_user_errors(target):  # the errors of the compilation, as the other commands report them
         result = check_grad(target.fn, *arrays, wrt=wrt, samples=args.samples, tolerance=args.tolerance,
                             seed=args.seed, raise_on_mismatch=False)
-    except Exception as e:
-        raise user_error(e) or e
     result.setting = ", ".join(["float64"] + [f"{k}={v}" for k, v in dims.items()] + [f"seed {args.seed}"])
     out.write(f"{result}\n")
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
 def cmd_profile(args: argparse.Namespace, target: Target, out: Any) -> int:
-    lowered = lower(target, _wrt(target, args.wrt))
-    types = annotated_types(target.fn) or []
-    dims = bind_symbols(types, _dims(args.dim))
-    arrays = random_arguments(types, dims, args.seed)
-    if args.threads is not None:
+    wrt = _wrt(target, args.wrt)
+    dims = _dims(target, args.dim)
+    if args.threads is not None:  # before compiling: a bad value is reported first
         from .backends.threads import set_num_threads
         try:
             set_num_threads(args.threads)
-        except ValueError as e:
-            raise UserError(f"--threads: {e}") from e
+        except ValueError as e:  # "threads: expected an int from 1 to N, got M"
+            raise UsageError(f"--threads {args.threads}: {str(e).removeprefix('threads: ')}") from e
+    lowered = lower(target, wrt)
+    arrays = random_arguments(annotated_types(target.fn) or [], dims, args.seed)
     result = lowered.profile(*arrays, calls=args.calls)
     setting = ", ".join(f"{k}={v}" for k, v in dims.items())
-    out.write(f"value and gradient{' with ' + setting if setting else ''}, random inputs\n{result}\n")
+    call = "forward call" if target.non_scalar_output else "value and gradient"
+    out.write(f"{call}{' with ' + setting if setting else ''}, random inputs\n{result}\n")
     return EXIT_OK
 
 
 # --- argument parsing -------------------------------------------------------------------------------
+# Values checkable without the model are checked by argparse (`type=`): a bad one exits 2 with the
+# usage before the model is loaded. Those that depend on the model raise UsageError, to the same effect.
+
+def _dim(item: str) -> tuple[str, int]:
+    name, sep, size = item.partition("=")
+    if not sep or not name.isidentifier() or not size.isdecimal() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE with a positive SIZE, e.g. --dim B=8, "
+                                         f"got {item!r}")
+    return name, int(size)
+
+
+def _picture_format(path: str) -> str:
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in GRAPHVIZ_FORMATS + DOT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{path}: the picture format comes from the suffix: .svg, .png, "
+                                         ".pdf or .dot")
+    return fmt
+
+
+def _picture(path: str) -> str:
+    _picture_format(path)  # checked while parsing; cmd_dot asks again for the format
+    return path
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def integer(text: str) -> int:
+        if not re.fullmatch(r"[-+]?\d+", text.strip(), re.ASCII) or int(text) < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return int(text)
+    return integer
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # NaN too: every comparison with it fails, so every check would
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -427,11 +528,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help, epilog=f"example: {example}",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("target", metavar="TARGET", help="FILE.py:FUNC or FILE.gir")
-        sub.add_argument("--wrt", metavar="U,V", help="the arguments to differentiate with respect to "
-                         "(default: all float arguments)")
+        sub.add_argument("--wrt", metavar="U,V", help="the arguments to differentiate with respect to, "
+                         "by name or index (0 the first; --wrt=-1 the last) (default: all float arguments)")
         sub.add_argument("--dtype", choices=("f32", "f64"), help="compile in this dtype instead of "
                          "the annotated one")
         sub.add_argument("--traceback", action="store_true", help="show the Python traceback of errors")
+        sub.set_defaults(parser=sub)  # for the usage line of a UsageError
         return sub
 
     dump = command("dump", "Print the IR of a compilation stage, or of all of them in order.",
@@ -446,8 +548,9 @@ def _parser() -> argparse.ArgumentParser:
     dot = command("dot", "Draw a graph stage: forward ops and adjoint ops in different colours.",
                   "gradc dot examples/models/seed.py:loss --stage grad -o seed.svg")
     dot.add_argument("--stage", default="grad", help="a graph stage (default: grad)")
-    dot.add_argument("-o", "--output", metavar="FILE", help="graph.svg, graph.png or graph.pdf (needs "
-                     "Graphviz) or graph.dot; without -o the DOT text goes to standard output")
+    dot.add_argument("-o", "--output", metavar="FILE", type=_picture, help="graph.svg, graph.png or "
+                     "graph.pdf (needs Graphviz) or graph.dot; without -o the DOT text goes to standard "
+                     "output")
     dot.set_defaults(run=cmd_dot)
 
     ex = command("explain", "Print each gradient as a matrix-calculus formula, read from the "
@@ -458,28 +561,31 @@ def _parser() -> argparse.ArgumentParser:
                     "and source line")
     ex.add_argument("--verify", action="store_true", help="evaluate every formula with numpy on random "
                     "inputs and compare it with the compiled graph")
-    ex.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of a symbolic dim for --verify")
-    ex.add_argument("--seed", type=int, default=0, help="random seed for --verify")
+    ex.add_argument("--dim", action="append", metavar="NAME=SIZE", type=_dim,
+                    help="size of a symbolic dim for --verify")
+    ex.add_argument("--seed", type=_at_least(0), default=0, help="random seed for --verify")
     ex.set_defaults(run=cmd_explain)
 
     check = command("check", "Compare the compiled gradient with central finite differences in "
                     "float64 on random inputs.", "gradc check examples/models/mlp3.py:loss --dim B=8")
-    check.add_argument("--dim", action="append", metavar="NAME=SIZE",
+    check.add_argument("--dim", action="append", metavar="NAME=SIZE", type=_dim,
                        help="size of a symbolic dim (default: 4 each)")
-    check.add_argument("--samples", type=int, default=12, help="coordinates checked per gradient, "
-                       "besides two random directions (default: 12)")
-    check.add_argument("--tolerance", type=float, default=1e-5, help="largest relative error "
+    check.add_argument("--samples", type=_at_least(0), default=12, help="coordinates checked per "
+                       "gradient, besides two random directions (default: 12)")
+    check.add_argument("--tolerance", type=_tolerance, default=1e-5, help="largest relative error "
                        "accepted (default: 1e-5)")
-    check.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    check.add_argument("--seed", type=_at_least(0), default=0, help="random seed for the inputs")
     check.set_defaults(run=cmd_check)
 
-    prof = command("profile", "Time the compiled value-and-gradient call kernel by kernel, inside "
-                   "native code, on random inputs.", "gradc profile examples/models/seed.py:loss --dim B=4096")
-    prof.add_argument("--dim", action="append", metavar="NAME=SIZE",
+    prof = command("profile", "Time the compiled value-and-gradient call (the forward call of a "
+                   "function without a scalar output) kernel by kernel, inside native code, on random "
+                   "inputs.", "gradc profile examples/models/seed.py:loss --dim B=4096")
+    prof.add_argument("--dim", action="append", metavar="NAME=SIZE", type=_dim,
                       help="size of a symbolic dim (default: 4 each)")
-    prof.add_argument("--calls", type=int, default=0, help="calls to time (default: about 0.5 s worth)")
-    prof.add_argument("--threads", type=int, help="threads to use (default: gc.get_num_threads())")
-    prof.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    prof.add_argument("--calls", type=_at_least(0), default=0,
+                      help="calls to time (default: about 0.5 s worth)")
+    prof.add_argument("--threads", type=_at_least(1), help="threads to use (default: gc.get_num_threads())")
+    prof.add_argument("--seed", type=_at_least(0), default=0, help="random seed for the inputs")
     prof.set_defaults(run=cmd_profile)
     return parser
 
@@ -503,8 +609,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         if show_traceback:
             traceback.print_exc()
+        if isinstance(e, UsageError):
+            args.parser.print_usage(sys.stderr)
         print(f"gradc {args.command}: {e}" if not e.where else str(e), file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gradc dump ... | head`: the reader has all it wanted

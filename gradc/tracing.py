@@ -206,7 +206,7 @@ def _flatten(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
     lists, dicts and None (no tensor, as in JAX's pytrees) nested."""
     flat, structure = _flatten_tree(result, fn)
     if not flat:
-        raise TypeError(f"{function_name(fn)} must return at least one traced tensor, got {result!r:.80}")
+        raise TracingError(f"{function_name(fn)} must return at least one traced tensor, got {result!r:.80}")
     return flat, structure
 
 
@@ -224,7 +224,7 @@ def _flatten_tree(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
             spec.append((len(sub), s))
         kind = (dict, tuple(result)) if isinstance(result, dict) else type(result)
         return flat, (kind, spec)
-    raise TypeError(f"{function_name(fn)} must return traced tensors (in tuples, lists or dicts), "
+    raise TracingError(f"{function_name(fn)} must return traced tensors (in tuples, lists or dicts), "
                     f"got {type(result).__name__} {result!r:.80}")
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 
 import gradc as gc
 
@@ -39,18 +40,39 @@ def fails(*args: str, **kw) -> str:
     return run.stderr
 
 
+def usage_error(*args: str, **kw) -> str:
+    """A bad command-line value: exit 2, the usage and `gradc COMMAND: error: ...`, as argparse's own."""
+    run = gradc(*args, **kw)
+    assert run.returncode == 2, (run.returncode, run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and run.stdout == "" and run.stderr.startswith("usage: gradc ")
+    assert f"gradc {args[0]}: error: " in run.stderr
+    return run.stderr
+
+
 def write(directory: Path, name: str, text: str) -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text))
     return path
 
 
-def seed_lowered():
+def load_module(path: Path):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("seed_model", ROOT / "examples" / "models" / "seed.py")
+    spec = importlib.util.spec_from_file_location(path.stem + "_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return gc.value_and_grad(module.loss, wrt=("U", "V")).lower()
+    return module
+
+
+def seed_lowered():
+    return gc.value_and_grad(load_module(ROOT / "examples" / "models" / "seed.py").loss, wrt=("U", "V")).lower()
+
+
+FORWARD_ONLY = """\
+    import gradc as gc
+
+    def jitonly(x: gc.f32["B", 3]): return x * 2.0
+    def aux(x: gc.f32["B", 3]): return gc.sum(x), x
+    """
 
 
 # --- help and installation ---------------------------------------------------------------------------
@@ -118,7 +140,7 @@ def test_dump_asm_and_dtype_override():
 
 
 def test_dump_unknown_stage():
-    err = fails("dump", SEED, "--stage", "bogus")
+    err = usage_error("dump", SEED, "--stage", "bogus")
     assert "--stage bogus: stages are traced, grad, optimized" in err and "or all" in err
 
 
@@ -157,8 +179,9 @@ def test_dot_fused_kernels_are_clusters():
 
 
 def test_dot_needs_a_graph_stage_and_a_known_format(tmp_path):
-    assert "graph stages are traced, grad" in fails("dot", SEED, "--stage", "llvm")
-    assert ".svg, .png, .pdf or .dot" in fails("dot", SEED, "-o", str(tmp_path / "x.jpg"))
+    assert "graph stages are traced, grad" in usage_error("dot", SEED, "--stage", "llvm")
+    assert ".svg, .png, .pdf or .dot" in usage_error("dot", SEED, "-o", str(tmp_path / "x.jpg"))
+    assert not (tmp_path / "x.jpg").exists()
 
 
 # --- explain -------------------------------------------------------------------------------------------
@@ -197,8 +220,9 @@ def test_profile_lists_every_kernel_of_the_step():
     for step in ("k0", "k1", "k1.combine", "k2", "k3", "k4", "steps", "boundary"):
         assert re.search(rf"^{re.escape(step)}\s", out, re.M), step
     assert re.search(r"^k0\s+matmul\s+[\d.]+ µs\s+[\d.]+%\s+[\d.]+\s+matmul, sigmoid$", out, re.M)
-    bad = gradc("profile", SEED, "--threads", "0")
-    assert bad.returncode == 1 and "--threads" in bad.stderr
+    assert "--threads" in usage_error("profile", SEED, "--threads", "0")
+    too_many = usage_error("profile", SEED, "--threads", "100000")
+    assert "--threads 100000: expected an int from 1 to" in too_many
 
 
 def test_check_reports_a_mismatch(tmp_path):
@@ -210,6 +234,102 @@ def test_check_reports_a_mismatch(tmp_path):
         """)
     run = gradc("check", f"{model}:loss")
     assert run.returncode == 1 and "MISMATCH" in run.stdout and "does NOT agree" in run.stdout
+
+
+def test_check_reports_functions_without_a_gradient_as_user_errors(tmp_path):
+    # check ran the gradient check outside the error reporting of the other commands: exit 70
+    model = write(tmp_path, "m.py", FORWARD_ONLY)
+    for func, returns in (("jitonly", "f32[B,3]"), ("aux", "a tuple (f32[], f32[B,3])")):
+        err = fails("check", f"{model}:{func}", cwd=tmp_path)
+        assert err.startswith(f"m.py:{3 if func == 'jitonly' else 4}: error: {func} has no scalar output "
+                              f"(it returns {returns}), so there is no gradient to check"), err
+        assert "internal error" not in err
+        explained = fails("explain", f"{model}:{func}", cwd=tmp_path)  # as the other commands say it
+        assert explained == err.replace("to check", "to explain")
+
+
+def test_random_inputs_are_arrays_even_when_0_d(monkeypatch):
+    from gradc.checking import random_arguments
+    from gradc.ir import TensorType
+    scalar, matrix = random_arguments([TensorType("f32", ()), TensorType("f64", ("B", 3))], {"B": 2})
+    assert type(scalar) is np.ndarray and scalar.shape == () and scalar.dtype == np.float32
+    assert type(matrix) is np.ndarray and matrix.shape == (2, 3) and matrix.dtype == np.float64
+    # check_grad's finite differences call the forward function on arrays too, 0-d ones included
+    seen = []
+    real_jit = gc.api.jit
+
+    def recording_jit(fn, **kw):
+        compiled = real_jit(fn, **kw)
+        return lambda *args: seen.append([type(a) for a in args]) or compiled(*args)
+    monkeypatch.setattr(gc.api, "jit", recording_jit)
+
+    def loss(s: gc.f32[()], x: gc.f32["B", 3]):
+        return gc.sum(x * s * s)
+    assert gc.check_grad(loss, samples=2).ok
+    assert seen and all(t is np.ndarray for types in seen for t in types), seen
+
+
+def test_bad_option_values_are_usage_errors(tmp_path):
+    for args, message in (
+            (("dump", SEED, "--stage", "bogus"), "--stage bogus: stages are traced, grad, optimized"),
+            (("explain", SEED, "--stage", "llvm"), "--stage llvm: explain reads a graph stage: traced, grad"),
+            (("check", SEED, "--dim", "B=x"), "argument --dim: expected NAME=SIZE"),
+            (("profile", SEED, "--dim", "B=0"), "argument --dim: expected NAME=SIZE"),
+            (("dot", SEED, "-o", str(tmp_path / "g.jpg")), "argument -o/--output: "),
+            (("check", SEED, "--samples", "-1"), "argument --samples: expected an integer >= 0, got '-1'"),
+            (("check", SEED, "--seed", "-1"), "argument --seed: expected an integer >= 0, got '-1'"),
+            (("check", SEED, "--tolerance", "-1"), "argument --tolerance: expected a number >= 0"),
+            (("profile", SEED, "--calls", "-5"), "argument --calls: expected an integer >= 0"),
+            (("check", SEED, "--wrt", "U,q"), "--wrt q: loss has parameters U, V, x, y")):
+        assert message in usage_error(*args), args
+    # values that need no model are checked before it is loaded, so they are reported first
+    broken = write(tmp_path, "broken.py", "import gradc as gc\ndef loss(x: gc.f32[3]) return x\n")
+    assert "argument --dim" in usage_error("check", f"{broken}:loss", "--dim", "B=x")
+
+
+def test_unknown_dim_names_the_models_dims(tmp_path):
+    for command in ("check", "profile", "explain"):
+        err = usage_error(command, SEED, "--dim", "C=3")
+        assert "--dim C=3: loss has no dim C; its symbolic dims are B" in err, err
+    fixed = write(tmp_path, "fixed.py", "import gradc as gc\ndef loss(x: gc.f32[3]): return gc.sum(x)\n")
+    err = usage_error("check", f"{fixed}:loss", "--dim", "B=2")
+    assert "--dim B=2: loss has no dim B; it has no symbolic dims" in err
+    assert "B=5" in ok("check", SEED, "--dim", "B=5", "--wrt", "U")
+
+
+def test_wrt_takes_indices_as_the_python_api_does():
+    by_name = ok("check", SEED, "--wrt", "U,y")
+    assert ok("check", SEED, "--wrt", "0,-1") == by_name and ok("check", SEED, "--wrt", "U,3") == by_name
+    second = ok("explain", SEED, "--wrt", "1")
+    assert "∂L/∂V" in second and "∂L/∂U" not in second
+    assert "--wrt 4: loss has parameters U, V, x, y (indices 0 to 3, or -4 to -1)" in \
+        usage_error("check", SEED, "--wrt", "4")
+    assert "--wrt -5" in usage_error("check", SEED, "--wrt=-5")
+
+
+def test_functions_without_a_scalar_output_show_their_forward_stages(tmp_path):
+    model = write(tmp_path, "m.py", FORWARD_ONLY)
+    traced = ok("dump", f"{model}:jitonly", "--stage", "traced", cwd=tmp_path)
+    assert traced.startswith("func @jitonly(%x: f32[B,3]) -> (f32[B,3])") and "mul(" in traced
+    assert "func @aux(%x: f32[B,3]) -> (f32[], f32[B,3])" in ok("dump", f"{model}:aux", "--stage", "traced")
+    everything = ok("dump", f"{model}:jitonly", "--stage", "all", cwd=tmp_path)
+    headers = re.findall(r"^==== (\S+)", everything, re.M)
+    assert "grad" not in headers and headers[0] == "traced" and headers[-1] == "asm"
+    assert "vjp" not in everything and "define void @gradc_entry" in everything
+    assert re.search(r"^gradc_entry:", ok("dump", f"{model}:jitonly", "--stage", "asm"), re.M)
+    assert ok("dot", f"{model}:jitonly", "--stage", "optimized").startswith('digraph "jitonly"')
+    assert "forward call with B=4" in ok("profile", f"{model}:jitonly", "--calls", "5")
+    # the same forward stages as gc.jit(f).lower() in Python
+    assert traced == str(gc.jit(load_module(model).jitonly).lower().graphs["traced"])
+    # stages that need a gradient say why there is none
+    for args in (("dump", "--stage", "grad"), ("dot",), ("dot", "--stage", "grad")):
+        err = fails(args[0], f"{model}:jitonly", *args[1:], cwd=tmp_path)
+        assert err.startswith("m.py:3: error: jitonly has no scalar output (it returns f32[B,3]), so there "
+                              "is no gradient and no grad stage; its stages are traced, optimized"), err
+    # a dump of its traced stage is IR text the command reads back
+    gir = write(tmp_path, "jitonly.gir", traced)
+    assert ok("dump", str(gir), "--stage", "traced") == traced
+    assert "no gradient to check" in fails("check", str(gir))
 
 
 # --- IR text as input ----------------------------------------------------------------------------------
@@ -297,6 +417,17 @@ def test_exception_at_import_time(tmp_path):
         "broken.py:2: error: NameError: name 'undefined_name' is not defined")
 
 
+def test_error_inside_a_compiled_library_points_at_the_users_line(tmp_path):
+    # numpy's Cython frames name .pyx files that do not exist: they are not the user's code
+    model = write(tmp_path, "seeded.py", """\
+        import numpy as np
+        import gradc as gc
+        rng = np.random.default_rng(-1)
+        """)
+    err = fails("dump", f"{model}:loss", cwd=tmp_path)
+    assert err.startswith("seeded.py:3: error: ValueError: ") and ".pyx" not in err, err
+
+
 def test_function_lookup_errors(tmp_path):
     model = write(tmp_path, "many.py", """\
         import gradc as gc
@@ -312,8 +443,9 @@ def test_function_lookup_errors(tmp_path):
     assert "annotated functions: a, b" in fails("explain", f"{model}:nope")
     assert "name the function as" in fails("explain", str(model))
     assert "needs shape annotations" in fails("explain", f"{model}:unannotated")
-    assert "grad needs a scalar output" in fails("explain", f"{model}:vector")
-    assert "--wrt q: b has parameters x" in fails("explain", f"{model}:b", "--wrt", "q")
+    assert "vector has no scalar output (it returns f32[3]), so there is no gradient to explain" in \
+        fails("explain", f"{model}:vector")
+    assert "--wrt q: b has parameters x" in usage_error("explain", f"{model}:b", "--wrt", "q")
     assert "no such file" in fails("explain", str(tmp_path / "missing.py") + ":loss")
     single = write(tmp_path, "single.py", "import gradc as gc\ndef only(x: gc.f32[3]):\n    return gc.sum(x)\n")
     assert "∂L/∂x = 1" in ok("explain", str(single))  # FUNC may be left out when there is one
