@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 from llvmlite import ir
 
 from gradc.ir.fusion import Kernel, index_map
 from gradc.ir.graph import Value
 from gradc.ir.ops import ELEMENTWISE, REDUCTION
-from gradc.ir.types import Dim, Shape
+from gradc.ir.types import Dim, Shape, rounded_to
 
 from . import chunks, mathlib
 from .mathlib import declare_intrinsic, element_type, splat, type_suffix, undefined
@@ -42,10 +41,7 @@ class ScalarEmitter:
 
     def nearest(self, x: float) -> float:
         """x as this float type holds it (what `const(x)` is)."""
-        if not isinstance(element_type(self.fty), ir.FloatType):
-            return float(x)
-        with np.errstate(over="ignore"):
-            return float(np.float32(x))
+        return rounded_to(x, "f32" if isinstance(element_type(self.fty), ir.FloatType) else "f64")
 
     def add(self, a, b): return self.b.fadd(a, b)
     def sub(self, a, b): return self.b.fsub(a, b)

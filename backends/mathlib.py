@@ -387,7 +387,7 @@ def _body_pow(e: _Emitter, x: ir.Value, y: ir.Value) -> ir.Value:
     errors = e.add(e.fma(y, head, neg(big)), e.fma(y, th, neg(small)))
     zh, zl = e.fast2sum(zh, e.add(zl, e.fma(y, tl, errors)))
     clamped = e.clamp(zh, p.exp_lo, p.exp_hi)
-    # past the clamp the result is 0 or inf whatever zl is (then up to 2^970, or NaN if zh is inf)
+    # past the clamp the result is 0 or inf whatever zl is (up to 2^970 there)
     zl = e.sel(e.b.fcmp_ordered("==", clamped, zh), zl, e.c(0.0))
     n, r, w = e.exp_core(clamped)
     # e^(zh + zl) = 2^n (1 + r + w)(1 + zl): zl (up to an ulp of zh, 2^-43 near overflow) joins
@@ -402,11 +402,18 @@ def _body_pow(e: _Emitter, x: ir.Value, y: ir.Value) -> ir.Value:
 
     inf, zero = e.c(math.inf), e.c(0.0)
     positive = e.gt(y, zero)
-    res = e.sel(e.b.fcmp_ordered("==", x, one), one, res)
+    # y log x past the float range (inf, or NaN from inf - inf or inf * 0 in the pair's sums):
+    # inf when x > 1 and y > 0 or both below, else 0; the NaN of x or y is chosen below
+    unbounded = e.b.fcmp_unordered(">=", e.fabs(zh), inf)
+    grows = e.b.icmp_unsigned("==", e.gt(x, one), positive)
+    res = e.sel(unbounded, e.sel(grows, inf, zero), res)
     res = e.sel(e.b.fcmp_ordered("==", x, inf), e.sel(positive, inf, zero), res)
     res = e.sel(e.b.fcmp_ordered("==", x, zero), e.sel(positive, zero, inf), res)
     # ult: true for x < 0 and for NaN
-    return e.sel(e.b.fcmp_unordered("<", x, zero), e.c(math.nan), res)
+    res = e.sel(e.b.fcmp_unordered("<", x, zero), e.c(math.nan), res)
+    res = e.sel(e.isnan(y), y, res)
+    # numpy: 1 ** y and x ** 0 are 1, NaN or not
+    return e.sel(e.b.or_(e.b.fcmp_ordered("==", x, one), e.b.fcmp_ordered("==", y, zero)), one, res)
 
 
 def _body_sigmoid(e: _Emitter, x: ir.Value) -> ir.Value:

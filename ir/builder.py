@@ -126,9 +126,9 @@ class Sym:
 
     def __rpow__(self, base: Any) -> Sym:
         if isinstance(base, (bool, np.bool_)) or not isinstance(base, (int, float, np.floating, np.integer)) \
-                or not base > 0:
-            raise TypeError(f"b ** x needs a positive constant Python number b, got {base!r}")
-        return self.builder.op("exp", self * math.log(base))
+                or not 0 < base < math.inf:
+            raise TypeError(f"b ** x needs a positive finite constant Python number b, got {base!r}")
+        return self.builder.op("rpow", self, base=float(base))
 
     @property
     def size(self) -> int:

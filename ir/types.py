@@ -13,6 +13,12 @@ NUMPY_DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f64": np.dtyp
 DTYPE_NAMES: dict[np.dtype, str] = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
+def rounded_to(value: float, dtype: str) -> float:
+    """`value` as a `dtype` number holds it (1e300 is inf in f32), as numpy's `dtype.type(value)`."""
+    with np.errstate(over="ignore"):
+        return float(NUMPY_DTYPES[dtype].type(value))
+
+
 class ShapeError(ValueError):
     """Operands whose shapes or dtypes an op cannot accept."""
 

@@ -488,14 +488,14 @@ def test_reshape_minus_one_rpow_size_len_and_symbolic_dims_as_numbers():
         flat = x.reshape("B", -1)  # -1 = 12; and below, -1 stands for the symbolic dim itself
         return gc.sum(flat, axis=1) / x.shape[0], flat.reshape(-1, 3, 4)
     mean_of_rows, back = gc.jit(per_row)(x)
-    np.testing.assert_allclose(mean_of_rows, x.reshape(2, -1).sum(1) / 2, rtol=1e-15)
+    np.testing.assert_allclose(mean_of_rows, x.reshape(2, -1).sum(1) / 2, rtol=1e-13)
     np.testing.assert_array_equal(back, x)
     with pytest.raises(gc.ShapeError, match=r"cannot infer the -1 in \[-1, 5\]"):
         gc.jit(lambda x: x.reshape(-1, 5))(x)
     y = rand(2, 3)
     np.testing.assert_allclose(gc.jit(lambda y: 2.0 ** y)(y), 2.0 ** y, rtol=1e-14)
     np.testing.assert_allclose(gc.grad(lambda y: gc.sum(3.0 ** y))(y), np.log(3.0) * 3.0 ** y, rtol=1e-14)
-    with pytest.raises(TypeError, match=r"positive constant"):
+    with pytest.raises(TypeError, match=r"positive finite constant"):
         gc.jit(lambda y: (-2.0) ** y)(y)
     np.testing.assert_allclose(gc.jit(lambda y: y * y.size + len(y))(y), y * 6 + 2, rtol=1e-15)
 

@@ -61,7 +61,7 @@ ELEMENTWISE_OPS = sorted(name for name, d in OPS.items() if d.kind == ELEMENTWIS
 @pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_every_elementwise_op_fuses_into_a_matmul_epilogue(dtype, name):
     """Every registered elementwise op, applied to a matmul's output, runs in the matmul's kernel."""
-    attrs = {"exponent": 1.5} if name == "pow" else {}
+    attrs = {"pow": {"exponent": 1.5}, "rpow": {"base": 0.7}}.get(name, {})
     arity = OPS[name].arity
 
     def model(a, b, c):

@@ -159,6 +159,8 @@ for _name, _shapes in WHERE_TRIPLES.items():
 for _e in (2.0, 3.0, -1.0, 0.5, 1.5, 0.0, -2.5, -0.5, 2.2):
     case("pow", f"e{_e:g}", [(3, 4)], attrs={"exponent": _e}, domains=(POSITIVE,), tol="transcendental")
 case("pow", "e3-0d", [()], attrs={"exponent": 3.0}, domains=(POSITIVE,), tol="transcendental")
+for _b in (2.0, 0.3):
+    case("rpow", f"b{_b:g}", [(3, 4)], attrs={"base": _b}, tol="transcendental")
 # past 64 products, integer exponents go through e^(y log |x|) with the sign of an odd power
 for _e in (65.0, 66.0, -65.0):
     case("pow", f"e{_e:g}-signed", [(3, 4)], attrs={"exponent": _e}, domains=(uniform(-1.1, 1.1),),
@@ -499,7 +501,7 @@ def test_interpreter_matches_numpy_semantics():
 # suite fast), a smaller selection in float32
 GRAD_F64 = {
     "exp-3x4", "log-3x4", "sqrt-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "neg-0d", "exp-1d",
-    "tanh-large", "stop_gradient-3x4", "abs-3x4", "log1p-3x4", "where-same", "where-broadcast-mask",
+    "tanh-large", "stop_gradient-3x4", "abs-3x4", "log1p-3x4", "rpow-b0.3", "where-same", "where-broadcast-mask",
     "add-row", "sub-scalar-left", "mul-outer", "div-col", "div-row-left", "maximum-row",
     "maximum-scalar", "mul-0d", "add-large-row", "gt-row", "eq-col",
     "pow-e2", "pow-e3", "pow-e-1", "pow-e0.5", "pow-e1.5", "pow-e0", "pow-e-2.5",
@@ -546,19 +548,61 @@ def test_compiled_gradient_selection_names_real_cases():
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
-@pytest.mark.parametrize("exponent", [2.0, 3.0, -1.0, -3.0, 0.5, 1.5, -0.5, -2.5, 4.5])
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 4.0, -1.0, -2.0, -3.0, 5.0, 63.0, 64.0, 0.5, 1.5, -0.5, -2.5, 4.5])
 def test_pow_integer_and_half_integer_exponents_within_a_few_ulp(exponent, dtype):
-    """Over 13 orders of magnitude: square-and-multiply, sqrt and e^(y log x) with y log x unrounded
-    stay within a few ULP, where e^(y log x) with log x rounded would lose about |y log x| ULP."""
+    """Over 13 orders of magnitude (|x| up to 1.3 for the 63rd and 64th powers, which overflow
+    beyond), negative bases too: products, sqrt and e^(y log |x|) with y log x unrounded stay within
+    a few ULP, where 63 products lost 43 and e^(y log x) with log x rounded |y log x|."""
     c = Case("pow", "wide", ((2001,),), attrs={"exponent": exponent})
     graph = forward_graph(c, dtype)
-    x = np.exp(np.linspace(-15.0, 15.0, 2001)).astype(NP_DTYPES[dtype])
+    top = 0.25 if abs(exponent) > 5 else 15.0
+    x = np.exp(np.linspace(-top, top, 2001)).astype(NP_DTYPES[dtype])
+    if exponent == int(exponent):
+        x[::2] *= -1
     (actual,) = NativeFunction(graph)(x)
     wide = np.longdouble if dtype == "f64" else np.float64
     exact = np.power(x.astype(wide), wide(exponent))
     ulps = np.abs(actual.astype(wide) - exact) / (np.abs(exact) * np.finfo(NP_DTYPES[dtype]).eps)
     assert float(ulps.max()) <= 2.5, f"max error {float(ulps.max()):.1f} ULP at x = {x[np.argmax(ulps)]}"
     np.testing.assert_allclose(actual, interpret(graph, x)[0], rtol=5 * np.finfo(NP_DTYPES[dtype]).eps)
+
+
+@pytest.mark.parametrize("dtype, x, exponent", [
+    ("f32", [1e-3, 1e-30, 1e30, 0.9, 1.1, 2.0, -2.0], 3e38), ("f32", [1e-3, 1e-30, 1e30, 0.9, 1.1], -3e38),
+    ("f32", [1.9e19, -1.9e19, 3e-20], -2.0), ("f64", [5e-324, 1e-300, 10.0, 0.9, 1.1, 1.0], 1e306),
+    ("f64", [10.0, -10.0, 0.5, -0.5], -1.7e308), ("f64", [1.5e154, 1e103], -2.0), ("f64", [1e103, -1e103], -3.0)])
+def test_pow_results_past_the_float_range_are_numpys_zero_or_inf(dtype, x, exponent):
+    """y log x beyond the floats (inf * 0 and inf - inf in its sums) still gives inf or 0 by the sides
+    of 1 x and y are on; 1 / x ** n does not underflow before the denormal result it should give."""
+    x = np.array(x, NP_DTYPES[dtype])
+    (actual,) = NativeFunction(forward_graph(Case("pow", "range", ((len(x),),), attrs={"exponent": exponent}),
+                                             dtype))(x)
+    with np.errstate(all="ignore"):
+        expected = np.power(x, NP_DTYPES[dtype](exponent))
+    np.testing.assert_allclose(actual, expected, rtol=2 * np.finfo(NP_DTYPES[dtype]).eps, atol=0)
+    assert np.all(expected[actual == 0] == 0) and np.all(np.signbit(actual) == np.signbit(expected))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_a_constant_to_a_tensor_power_within_a_few_ulp_and_exact_for_powers_of_two(dtype):
+    """b ** x is mathlib's pow with the exponent a tensor: 10 ** x over the whole range of results
+    (it was e^(x log 10), 937 ulp off in float64), 2 ** n exact, and numpy's values at ±inf, NaN, 0."""
+    np_dtype = NP_DTYPES[dtype]
+    x = np.concatenate([np.linspace(-300, 300, 20_001), [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(np_dtype)
+    for base, bound in ((10.0, 1.0 if dtype == "f32" else 4.0), (0.5, 1.0)):
+        (actual,) = NativeFunction(forward_graph(Case("rpow", "sweep", ((len(x),),), attrs={"base": base}),
+                                                 dtype))(x)
+        wide = np.longdouble if dtype == "f64" else np.float64
+        with np.errstate(over="ignore", under="ignore"):
+            exact = np.power(wide(np_dtype(base)), x.astype(wide))
+            rounded = exact.astype(np_dtype)
+        finite = np.isfinite(rounded) & (rounded != 0)
+        np.testing.assert_array_equal(actual[~finite], rounded[~finite])
+        ulps = np.abs(actual[finite].astype(wide) - exact[finite]) / np.spacing(np.abs(rounded[finite])).astype(wide)
+        assert float(ulps.max()) <= bound, f"{base} ** x: {float(ulps.max()):.2f} ULP"
+    n = np.arange(-60, 61).astype(np_dtype)
+    (powers,) = NativeFunction(forward_graph(Case("rpow", "n", ((len(n),),), attrs={"base": 2.0}), dtype))(n)
+    np.testing.assert_array_equal(powers, np.ldexp(np_dtype(1), n.astype(int)))
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
