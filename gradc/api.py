@@ -21,7 +21,8 @@ from .ir.dot import to_dot
 from .dumping import dump_if_requested
 from .ir.fusion import FusionResult, fuse, fused_graph, report, unfused
 from .ir.passes import Autodiff, optimize, run_passes
-from .tracing import annotated_types, array_type, function_name, parameter_names, trace, unflatten
+from .tracing import (annotated_types, array_type, function_name, parameter_names, required_arguments, trace,
+                      unflatten)
 
 Wrt = Union[int, str, Sequence[Union[int, str]]]
 RECENT = 4  # signatures a compiled function tries natively before it looks one up in Python
@@ -115,7 +116,7 @@ def _resolve_wrt(fn: Callable, wrt: Wrt) -> tuple[list[int], bool]:
 def argument_types(fn: Callable, args: Sequence[Any]) -> list[TensorType]:
     """The tensor types of example arguments, checked against fn's parameters."""
     names = parameter_names(fn)
-    if len(args) != len(names):
+    if not required_arguments(fn) <= len(args) <= len(names):
         raise TypeError(f"{function_name(fn)} takes {len(names)} arguments ({', '.join(names)}), got {len(args)}")
     return [array_type(np.asarray(a), n) for a, n in zip(args, names)]
 
@@ -132,6 +133,8 @@ class Compiled:
                           if p.default is not p.empty}
         self.wrt, self.single = _resolve_wrt(fn, wrt) if mode != "jit" else ([], False)
         self.annotated = annotated_types(fn)
+        # a call complete without keywords: the annotated parameters, or those without defaults
+        self._complete = len(self.annotated) if self.annotated is not None else required_arguments(fn)
         self._annotated_dtypes = [NUMPY_DTYPES[t.dtype] for t in self.annotated or ()]
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
@@ -170,6 +173,9 @@ class Compiled:
                 raise GradError(f"{function_name(self.fn)} returns {n_out} values; grad needs a single scalar "
                                 "(use has_aux=True to return (loss, aux))")
             for i in self.wrt:
+                if i >= len(traced.inputs):
+                    raise GradError(f"wrt={self.names[i]!r}: the call leaves {self.names[i]} out, so it is its "
+                                    "default, a Python constant; pass it to differentiate with respect to it")
                 if traced.inputs[i].type.dtype not in ("f32", "f64"):
                     raise GradError(f"cannot differentiate with respect to {self.names[i]!r}")
             graphs["grad"] = run_passes(traced, [Autodiff(self.wrt)], timings=timings)
@@ -244,24 +250,27 @@ class Compiled:
         return packer(outputs)
 
     def _positional(self, args: tuple, kwargs: dict[str, Any]) -> tuple:
-        """The arguments in parameter order: keywords by name, defaults for parameters not given."""
-        if not kwargs and len(args) >= len(self.names):
+        """The arguments in parameter order, keywords by name, up to the last one given (and every
+        annotated one): a parameter skipped before it takes its default as an argument; those after
+        it are left out, so tracing uses their defaults as Python constants."""
+        if not kwargs and len(args) >= self._complete:
             return args
         unknown = set(kwargs) - set(self.names)
         if unknown:
             raise TypeError(f"{function_name(self.fn)}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        given, count = list(args), len(args) + len(kwargs)
-        for name in self.names[len(args):]:
+        clash = next((n for n in self.names[:len(args)] if n in kwargs), None)
+        if clash is not None:
+            raise TypeError(f"{function_name(self.fn)}() got multiple values for argument {clash!r}")
+        last = max([len(args), self._complete] + [self.names.index(n) + 1 for n in kwargs])
+        given = list(args)
+        for name in self.names[len(args):last]:
             if name in kwargs:
-                given.append(kwargs.pop(name))
+                given.append(kwargs[name])
             elif name in self._defaults:
                 given.append(self._defaults[name])
             else:
                 raise TypeError(f"{function_name(self.fn)} takes {len(self.names)} arguments "
-                                f"({', '.join(self.names)}), got {count}: "
-                                f"{name!r} is missing")
-        if kwargs:  # what is left was also given by position
-            raise TypeError(f"{function_name(self.fn)}() got multiple values for argument {next(iter(kwargs))!r}")
+                                f"({', '.join(self.names)}), got {len(args) + len(kwargs)}: {name!r} is missing")
         return tuple(given)
 
     def _arrays(self, args: tuple) -> tuple:

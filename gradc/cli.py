@@ -276,7 +276,8 @@ def load_target(spec: str, dtype: str | None = None) -> Target:
 
 def _wrt(target: Target, wrt: str | None) -> list[str]:
     """The parameter names --wrt picks: names or indices (negative from the end), as gc.grad's wrt."""
-    names = parameter_names(target.fn)
+    # the tensor parameters: unannotated trailing ones with defaults are Python constants
+    names = parameter_names(target.fn)[:len(annotated_types(target.fn) or ())]
     if not wrt:
         return names  # gradc computes in f32/f64 only, so every argument is a float argument
     chosen = [w.strip() for w in wrt.split(",") if w.strip()]

@@ -141,19 +141,29 @@ def annotated_types(fn: Callable) -> list[TensorType] | None:
     except Exception:
         hints = getattr(fn, "__annotations__", {})
     found = [hints.get(n) for n in names]
-    if all(isinstance(a, Annotation) for a in found) and names:
-        return [a.type for a in found]
+    # trailing parameters with defaults may go unannotated: Python constants, as when left out
+    tensors = len(names)
+    while tensors > required_arguments(fn) and not isinstance(found[tensors - 1], Annotation):
+        tensors -= 1
+    if all(isinstance(a, Annotation) for a in found[:tensors]) and tensors:
+        return [a.type for a in found[:tensors]]
     if any(isinstance(a, Annotation) for a in found):
-        missing = [n for n, a in zip(names, found) if not isinstance(a, Annotation)]
+        missing = [n for n, a in zip(names[:tensors], found) if not isinstance(a, Annotation)]
         raise TypeError(f"{function_name(fn)}: annotate every parameter with gc.f32[...]/gc.f64[...] or "
-                        f"none; missing: {', '.join(missing)}")
+                        f"none (those with defaults may go last, unannotated); missing: {', '.join(missing)}")
     return None
+
+
+def required_arguments(fn: Callable) -> int:
+    """How many leading parameters have no default: a call gives at least these. The parameters
+    after them that a call leaves out are Python constants while tracing, their defaults, as in JAX."""
+    return sum(p.default is p.empty for p in inspect.signature(fn).parameters.values())
 
 
 def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
     """Trace `fn` on tracers of `types`. Returns the graph and the structure of what fn returned."""
     names = parameter_names(fn)
-    if len(names) != len(types):
+    if not required_arguments(fn) <= len(types) <= len(names):
         raise TypeError(f"{function_name(fn)} takes {len(names)} arguments, got {len(types)}")
     graph = Graph(function_name(fn).replace("<", "").replace(">", "") or "fn")
     builder = Builder(graph, user_location, Tracer)
@@ -169,7 +179,7 @@ def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
     previous = sys.getprofile()
     sys.setprofile(remember_locals if hasattr(fn, "__code__") else previous)
     try:
-        result = fn(*args)
+        result = fn(*args)  # parameters past `types` take their defaults
     except (ShapeError, TypeError) as e:  # TracingError is a TypeError
         _point_at_user_line(e)
         if isinstance(e, ShapeError) and "dtypes" in str(e) and len({t.dtype for t in types}) > 1:

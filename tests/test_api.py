@@ -456,21 +456,31 @@ def test_numbers_and_lists_take_the_arrays_dtype_without_annotations():
 
 
 def test_keyword_arguments_and_defaults():
-    def loss(x, W, scale=2.0):
-        return gc.sum(x @ W) * scale
+    """As in JAX: a parameter a call leaves out is its default, a Python constant while tracing (an
+    axis, a flag, None); one that is passed is a tensor argument, by position or keyword."""
+    def loss(x, W, scale=2.0, axis=None):
+        return gc.sum(gc.sum(x @ W, axis=axis)) * scale
     x, W = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
-    step = gc.grad(loss, wrt=(1, 2))
-    dW, dscale = step(x, W)  # the default fills in, as an argument of the array's dtype
+    dW = gc.grad(loss, wrt=1)(x, W)
     np.testing.assert_array_equal(dW, np.full((3, 4), 4.0, np.float32))
+    step = gc.grad(loss, wrt=(1, 2))
+    dW3, dscale = step(W=W, x=x, scale=3.0)
+    np.testing.assert_array_equal(dW3, np.full((3, 4), 6.0, np.float32))
     assert dscale == 24.0 and dscale.dtype == np.float32
-    np.testing.assert_array_equal(step(W=W, x=x, scale=3.0)[0], np.full((3, 4), 6.0, np.float32))
-    np.testing.assert_array_equal(step(x, W=W)[0], dW)
+    np.testing.assert_array_equal(step(x, W, 2.0)[0], dW)
+    with pytest.raises(gc.GradError, match=r"wrt='scale': the call leaves scale out"):
+        step(x, W)
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'q'"):
         step(x, W, q=1.0)
     with pytest.raises(TypeError, match=r"multiple values for argument 'W'"):
         step(x, W, W=W)
-    with pytest.raises(TypeError, match=r"loss takes 3 arguments \(x, W, scale\), got 1: 'W' is missing"):
+    with pytest.raises(TypeError, match=r"loss takes 4 arguments \(x, W, scale, axis\), got 1: 'W' is missing"):
         step(x)
+
+    def summed(x: gc.f32["B", 3], axis=1, keepdims=False):  # trailing defaults may go unannotated
+        return gc.sum(x, axis=axis, keepdims=keepdims)
+    np.testing.assert_array_equal(gc.jit(summed)(x), [3.0, 3.0])
+    assert str(gc.jit(summed).lower().graphs["traced"]).splitlines()[0] == "func @summed(%x: f32[B,3]) -> (f32[B]) {"
 
 
 def test_mixed_dtypes_without_annotations_name_the_arguments():
