@@ -68,6 +68,10 @@ class ScalarEmitter:
         """numpy.maximum: NaN if either side is NaN."""
         return self._intrinsic("llvm.maximum", a, b)
 
+    def minimum(self, a, b):
+        """numpy.minimum: NaN if either side is NaN."""
+        return self._intrinsic("llvm.minimum", a, b)
+
 
 def cold_code(fn: ir.Function) -> None:
     """Leave `fn` unoptimized: straight-line calls and a few loads run in nanoseconds either way,

@@ -283,13 +283,13 @@ def default_threads() -> int:
     if not setting:
         return default
     # like OMP_NUM_THREADS in libgomp: a bad value is reported and ignored, not fatal to `import gradc`
-    if not setting.isdigit() or int(setting) < 1:
+    if not (setting.isascii() and setting.isdecimal()) or int(setting) < 1:
         warnings.warn(f"GRADC_NUM_THREADS={setting!r} is not a positive integer; using {default} threads",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning)
         return default
     if int(setting) > MAX_THREADS:
-        warnings.warn(f"GRADC_NUM_THREADS={setting}: at most {MAX_THREADS} threads here (one per CPU); "
-                      f"using {MAX_THREADS}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"GRADC_NUM_THREADS={setting}: at most {MAX_THREADS} threads here (the CPUs, up to 8); "
+                      f"using {MAX_THREADS}", RuntimeWarning)
     return min(int(setting), MAX_THREADS)
 
 

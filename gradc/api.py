@@ -286,13 +286,16 @@ class Compiled:
             floats = {a.dtype for a in args if isinstance(a, (np.ndarray, np.generic)) and a.dtype in DTYPE_NAMES}
             weak = [floats.pop() if len(floats) == 1 else np.dtype(np.float64)] * len(args)
         arrays = []
-        for a, dtype in zip(args, weak):
+        for name, a, dtype in zip(self.names, args, weak):
+            if isinstance(a, (list, tuple)) and any(isinstance(v, (np.ndarray, Sym)) for v in a):
+                raise TypeError(f"argument {name!r}: a {type(a).__name__} of arrays; gradc takes one array per "
+                                "parameter (no pytree arguments), so pass them as parameters of their own")
             if isinstance(a, np.generic):
                 a = np.asarray(a)
             elif isinstance(a, (int, float, list, tuple)) and not isinstance(a, bool):
                 try:
                     a = np.asarray(a, dtype=dtype)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     pass  # left as it is, for the argument check to say what is wrong with it
             arrays.append(a)
         return tuple(arrays)

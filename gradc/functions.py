@@ -50,11 +50,10 @@ def maximum(a: Any, b: Any) -> Sym:
 
 
 def minimum(a: Any, b: Any) -> Sym:
-    """Elementwise minimum, NaN-propagating, a tie's gradient split evenly (as maximum's)."""
+    """Elementwise minimum with numpy broadcasting, NaN-propagating; a tie splits the gradient."""
     if not isinstance(a, Sym):
         a, b = b, a
-    a = _tensor(a, "minimum")
-    return -maximum(-a, -a.builder.lift(b, a))
+    return _tensor(a, "minimum")._binary("minimum", b)
 
 
 def where(condition: Any, a: Any, b: Any) -> Sym:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -65,7 +66,10 @@ class Tracer(Sym):
 
 _UFUNC_OPERATORS = {"add", "subtract", "multiply", "divide", "true_divide", "matmul", "power"}
 _SUGGEST = {"subtract": "sub (the - operator)", "multiply": "mul (the * operator)", "amax": "max",
-            "true_divide": "div (the / operator)", "negative": "neg (unary -)"}
+            "true_divide": "div (the / operator)", "negative": "neg (unary -)", "absolute": "abs",
+            "greater": "where with the > operator", "less": "where with the < operator",
+            "greater_equal": "where with the >= operator", "less_equal": "where with the <= operator",
+            "power": "pow (the ** operator)", "fmax": "maximum", "fmin": "minimum", "amin": "minimum"}
 
 
 def _describe(x: Any) -> str:
@@ -232,7 +236,8 @@ def _flatten_tree(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
             sub, s = _flatten_tree(item, fn)
             flat += sub
             spec.append((len(sub), s))
-        kind = (dict, tuple(result)) if isinstance(result, dict) else type(result)
+        kind = ((type(result) if type(result) in (dict, OrderedDict) else dict, tuple(result))
+                if isinstance(result, dict) else type(result))
         return flat, (kind, spec)
     raise TracingError(f"{function_name(fn)} must return traced tensors (in tuples, lists or dicts), "
                     f"got {type(result).__name__} {result!r:.80}")
@@ -248,6 +253,6 @@ def unflatten(arrays: list[np.ndarray], structure: Any) -> Any:
         i += count
     if kind is type(None):
         return None
-    if isinstance(kind, tuple):  # (dict, keys)
-        return dict(zip(kind[1], out))
-    return kind(out)
+    if isinstance(kind, tuple):  # (dict or OrderedDict, keys)
+        return kind[0](zip(kind[1], out))
+    return kind(*out) if hasattr(kind, "_fields") else kind(out)  # a namedtuple takes its fields

@@ -113,8 +113,10 @@ class Sym:
     def __le__(self, o): return self._binary("gt", o, True) + self._binary("eq", o)
 
     def __len__(self) -> int:
-        if not self.shape or not isinstance(self.shape[0], int):
-            raise TypeError(f"len() of a traced {self.type}: its first dim is not a fixed number")
+        if not self.shape:
+            raise TypeError(f"len() of a traced 0-d {self.type}: it has no first dim")
+        if not isinstance(self.shape[0], int):
+            raise TypeError(f"len() of a traced {self.type}: its first dim is the symbolic {self.shape[0]}")
         return self.shape[0]
 
     def __pow__(self, exponent: Any) -> Sym:

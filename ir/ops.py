@@ -143,8 +143,11 @@ _elementwise("mul", 2, np.multiply, lambda e, a, b: e.mul(a, b),
 _elementwise("div", 2, np.divide, lambda e, a, b: e.div(a, b),
              lambda g, out, a, b: (g / b, -(g * out) / b), doc="a / b")
 _elementwise("maximum", 2, np.maximum, lambda e, a, b: e.maximum(a, b),
-             lambda g, out, a, b: _maximum_vjp(g, a, b),
+             lambda g, out, a, b: _extremum_vjp(g, a, b, larger=True),
              doc="elementwise max, NaN-propagating; a tie splits the gradient evenly")
+_elementwise("minimum", 2, np.minimum, lambda e, a, b: e.minimum(a, b),
+             lambda g, out, a, b: _extremum_vjp(g, a, b, larger=False),
+             doc="elementwise min, NaN-propagating; a tie splits the gradient evenly")
 _elementwise("gt", 2, lambda a, b: (a > b).astype(np.result_type(a, b)),
              lambda e, a, b: e.select(e.gt(a, b), e.const(1.0), e.const(0.0)),
              lambda g, out, a, b: (None, None), doc="1.0 where a > b else 0.0")
@@ -204,10 +207,13 @@ def _where(c, a, b):
     return c.builder.op("where", c, c.builder.lift(a, like), c.builder.lift(b, like))
 
 
-def _maximum_vjp(g, a, b):
-    # a tie splits the gradient evenly, as JAX and PyTorch do (and reduce_max does between its ties)
-    to_a = g * (a.builder.op("gt", a, b) + a.builder.op("eq", a, b) * 0.5)
-    return to_a, g - to_a
+def _extremum_vjp(g, a, b, larger: bool):
+    # the chosen side gets the gradient; a tie splits it evenly, as JAX and PyTorch do (and
+    # reduce_max between its ties); with a NaN neither side is chosen, as in JAX
+    b_ = a.builder
+    half = b_.op("eq", a, b) * 0.5
+    a_wins, b_wins = (b_.op("gt", a, b), b_.op("gt", b, a)) if larger else (b_.op("gt", b, a), b_.op("gt", a, b))
+    return g * (a_wins + half), g * (b_wins + half)
 
 
 # --- sources: ops that read no tensor data -------------------------------------------------------

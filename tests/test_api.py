@@ -2,6 +2,7 @@
 source locations and value names in the IR, and clear errors for bad input."""
 from __future__ import annotations
 
+import collections
 import inspect
 import re
 
@@ -615,6 +616,16 @@ def test_returns_nest_dicts_and_none_as_pytrees():
     np.testing.assert_allclose(dx, 2 * x, rtol=1e-14)
     (loss, aux), _ = gc.value_and_grad(lambda x: (gc.sum(x), None), has_aux=True)(x)
     assert aux is None
+    pair = collections.namedtuple("pair", "double plus_one")
+    out = gc.jit(lambda x: pair(x * 2, collections.OrderedDict(y=x + 1)))(x)
+    assert type(out) is pair and type(out.plus_one) is collections.OrderedDict
+    np.testing.assert_array_equal(out.plus_one["y"], x + 1)
+
+
+def test_a_sequence_of_arrays_is_not_one_argument():
+    x = rand(3)
+    with pytest.raises(TypeError, match=r"argument 'x': a tuple of arrays; gradc takes one array per parameter"):
+        gc.jit(lambda x: x * 1.0)((x, x))
 
 
 def test_tensor_exponent():

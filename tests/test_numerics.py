@@ -363,6 +363,10 @@ def test_relu_and_maximum_gradients_at_infinity(dtype):
     da, db = gc.grad(lambda a, b: gc.sum(gc.maximum(a, b)), wrt=(0, 1))(x, y)
     np.testing.assert_array_equal(da, np.array([1.0, 0.0, 0.0, 1.0], dtype))
     np.testing.assert_array_equal(db, np.array([0.0, 1.0, 1.0, 0.0], dtype))
+    # a NaN on either side chooses neither (as in JAX)
+    da, db = gc.grad(lambda a, b: gc.sum(gc.maximum(a, b)), wrt=(0, 1))(np.array([-np.inf, 1.0], dtype),
+                                                                         np.array([np.nan, np.nan], dtype))
+    np.testing.assert_array_equal(np.concatenate([da, db]), np.zeros(4, dtype))
     # abs and minimum: sign(x), 0 at the kink; a tie of minimum splits as maximum's does
     dx = gc.grad(lambda x: gc.sum(abs(x)))(np.array([np.inf, -np.inf, 0.0, -2.0], dtype))
     np.testing.assert_array_equal(dx, np.array([1.0, -1.0, 0.0, -1.0], dtype))

@@ -140,6 +140,7 @@ BINARY = {
     "mul": ((ANY, ANY), "exact", "vjp"),
     "div": ((ANY, NONZERO), "exact", "vjp"),
     "maximum": ((NONZERO, NEAR_ZERO), "exact", "vjp"),
+    "minimum": ((NONZERO, NEAR_ZERO), "exact", "vjp"),
     "gt": ((NONZERO, NEAR_ZERO), "exact", "none"),
     "eq": ((small_integers, small_integers), "exact", "none"),
 }
@@ -503,7 +504,7 @@ GRAD_F64 = {
     "exp-3x4", "log-3x4", "sqrt-3x4", "tanh-3x4", "sigmoid-3x4", "relu-3x4", "neg-0d", "exp-1d",
     "tanh-large", "stop_gradient-3x4", "abs-3x4", "log1p-3x4", "rpow-b0.3", "where-same", "where-broadcast-mask",
     "add-row", "sub-scalar-left", "mul-outer", "div-col", "div-row-left", "maximum-row",
-    "maximum-scalar", "mul-0d", "add-large-row", "gt-row", "eq-col",
+    "maximum-scalar", "minimum-outer", "mul-0d", "add-large-row", "gt-row", "eq-col",
     "pow-e2", "pow-e3", "pow-e-1", "pow-e0.5", "pow-e1.5", "pow-e0", "pow-e-2.5",
     "reduce_sum-axes1-drop", "reduce_sum-axes02-keep", "reduce_sum-axes012-drop", "reduce_sum-0d",
     "reduce_max-axes1-keep", "reduce_max-axes02-drop", "reduce_max-axes012-keep", "reduce_max-1d",
@@ -690,7 +691,7 @@ def test_broadcasting_compiled_matches_interpreter(shapes, op, dtype, seed):
     args = sample_inputs(c, dtype, {}, np.random.default_rng(seed))
     (expected,) = interpret(graph, *args)
     np.testing.assert_array_equal(expected, getattr(np, {"add": "add", "sub": "subtract", "mul": "multiply",
-                                                        "div": "divide", "maximum": "maximum",
+                                                        "div": "divide", "maximum": "maximum", "minimum": "minimum",
                                                         "gt": "greater", "eq": "equal"}[op])(*args)
                                   .astype(NP_DTYPES[dtype]))
     (actual,) = compiled(graph)(*args)

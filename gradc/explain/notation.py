@@ -25,7 +25,7 @@ _FUNCTIONS = {
     "sigmoid": ("σ({0})", r"\sigma({0})"), "tanh": ("tanh({0})", r"\tanh({0})"),
     "exp": ("exp({0})", r"\exp({0})"), "log": ("log({0})", r"\log({0})"),
     "sqrt": ("√({0})", r"\sqrt{{{0}}}"), "relu": ("relu({0})", r"\operatorname{{relu}}({0})"),
-    "maximum": ("max({0}, {1})", r"\max({0}, {1})"), "gt": ("𝟙({0} > {1})", r"\mathbb{{1}}[{0} > {1}]"),
+    "maximum": ("max({0}, {1})", r"\max({0}, {1})"), "minimum": ("min({0}, {1})", r"\min({0}, {1})"), "gt": ("𝟙({0} > {1})", r"\mathbb{{1}}[{0} > {1}]"),
     "eq": ("𝟙({0} = {1})", r"\mathbb{{1}}[{0} = {1}]"),
     "abs": ("|{0}|", r"\lvert {0} \rvert"),
     "softmax": ("softmax({0})", r"\operatorname{{softmax}}({0})"),
