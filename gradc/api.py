@@ -135,6 +135,10 @@ class Compiled:
         self.annotated = annotated_types(fn)
         # a call complete without keywords: the annotated parameters, or those without defaults
         self._complete = len(self.annotated) if self.annotated is not None else required_arguments(fn)
+        constants = self.names[self._complete:] if self.annotated is not None else []
+        for i in self.wrt:
+            if self.names[i] in constants:
+                raise GradError(f"wrt={self.names[i]!r}: {self._constant(self.names[i])}")
         self._annotated_dtypes = [NUMPY_DTYPES[t.dtype] for t in self.annotated or ()]
         self._cache: dict[tuple, tuple[Lowered, Any]] = {}
         self._by_signature: dict[tuple, tuple[Lowered, Any]] = {}  # keyed on (dtype, shape) per argument
@@ -253,6 +257,10 @@ class Compiled:
         """The arguments in parameter order, keywords by name, up to the last one given (and every
         annotated one): a parameter skipped before it takes its default as an argument; those after
         it are left out, so tracing uses their defaults as Python constants."""
+        if self.annotated is not None:
+            extra = self.names[self._complete:len(args)] + [n for n in kwargs if n in self.names[self._complete:]]
+            if extra:
+                raise TypeError(f"{function_name(self.fn)}() got {extra[0]!r}: {self._constant(extra[0])}")
         if not kwargs and len(args) >= self._complete:
             return args
         unknown = set(kwargs) - set(self.names)
@@ -273,6 +281,11 @@ class Compiled:
                                 f"({', '.join(self.names)}), got {len(args) + len(kwargs)}: {name!r} is missing")
         return tuple(given)
 
+    def _constant(self, name: str) -> str:
+        return (f"in the annotated {function_name(self.fn)}, {name} has a default and no annotation, so it is "
+                f"a Python constant, its default; annotate it to pass it, or fix another value with "
+                f"functools.partial")
+
     def _arrays(self, args: tuple) -> tuple:
         """`args` with Python numbers and lists as arrays of the parameter's annotated dtype, or else
         of the array arguments' float dtype if they share one (float64 if not): like JAX's weak
@@ -290,6 +303,9 @@ class Compiled:
             if isinstance(a, (list, tuple)) and any(isinstance(v, (np.ndarray, Sym)) for v in a):
                 raise TypeError(f"argument {name!r}: a {type(a).__name__} of arrays; gradc takes one array per "
                                 "parameter (no pytree arguments), so pass them as parameters of their own")
+            if a is None or isinstance(a, (str, bytes, bool)):
+                raise TypeError(f"argument {name!r}: {a!r} is not an array or a number; a parameter is a Python "
+                                "constant (None, a flag, a string) only as its default, when a call leaves it out")
             if isinstance(a, np.generic):
                 a = np.asarray(a)
             elif isinstance(a, (int, float, list, tuple)) and not isinstance(a, bool):
@@ -317,7 +333,7 @@ class Compiled:
         value, grads = outputs[:n_out], outputs[n_out:]
         grads = grads[0] if self.single else tuple(grads)
         if self.has_aux:
-            loss, aux = value[0], unflatten(value[1:], (structure[0], structure[1][1:]))
+            loss, aux = value[0], unflatten(value[1:], (tuple, structure[1][1:]))  # what follows the loss
             aux = aux[0] if isinstance(aux, (tuple, list)) and len(aux) == 1 else aux
             return ((loss, aux), grads) if self.mode == "value_and_grad" else (grads, aux)
         return (value[0], grads) if self.mode == "value_and_grad" else grads

@@ -137,7 +137,7 @@ def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, d
                raise_on_mismatch: bool = True) -> GradCheck:
     """Compare gradc's gradient of scalar `fn` at `arrays` with central differences, in float64.
 
-    `wrt`: parameter names or indices (default: every argument). Up to `samples` coordinates per
+    `wrt`: parameter names or indices (default: every argument given). Up to `samples` coordinates per
     gradient (the largest entry always among them) and `directions` random directions are checked;
     an entry's error is relative to the larger of the two values, but at least 1e-3 of the
     gradient's largest entry, so entries that are zero up to round-off do not count as mismatches.
@@ -150,13 +150,14 @@ def check_grad(fn: Callable, *arrays: Any, wrt: Any = None, samples: int = 12, d
         wrt = [fn.names[i] for i in fn.wrt] if wrt is None and fn.wrt else wrt
         fn = fn.fn
     names = parameter_names(fn)
-    wrt = list(names) if wrt is None else [wrt] if isinstance(wrt, (str, int)) else list(wrt)
-    wrt = [names[w] if isinstance(w, int) else w for w in wrt]
     if not arrays:
         annotated = annotated_types(fn)
         if annotated is None:
             raise TypeError(f"check_grad({fn.__name__}) needs example arrays or gc.f32[...] annotations")
         arrays = tuple(random_arguments(annotated, seed=seed))
+    # by default every argument given: parameters left out are their defaults, Python constants
+    wrt = names[:len(arrays)] if wrt is None else [wrt] if isinstance(wrt, (str, int)) else list(wrt)
+    wrt = [names[w] if isinstance(w, int) else w for w in wrt]
     args = [np.array(a, dtype=np.float64) for a in arrays]
     fn64 = with_dtype(fn, "f64")
     loss, grads = value_and_grad(fn64, wrt=tuple(wrt))(*args)

@@ -139,9 +139,11 @@ class Target:
 
     def no_gradient(self, purpose: str) -> UserError:
         """The error of a command that needs the gradient of a function without one."""
+        hint = ("the command line differentiates a function that returns its loss alone (has_aux, for "
+                "a loss with more values, is the Python API's)" if self.non_scalar_output.startswith("a ")
+                else "a loss is one scalar, e.g. gc.sum or gc.mean of it")
         return UserError(f"{self.name} has no scalar output (it returns {self.non_scalar_output}), so "
-                         f"there is no gradient {purpose}; a loss is one scalar, e.g. gc.sum or gc.mean "
-                         "of it", _where(self.fn))
+                         f"there is no gradient {purpose}; {hint}", _where(self.fn))
 
 
 def _split_target(spec: str) -> tuple[Path, str | None]:
@@ -276,10 +278,10 @@ def load_target(spec: str, dtype: str | None = None) -> Target:
 
 def _wrt(target: Target, wrt: str | None) -> list[str]:
     """The parameter names --wrt picks: names or indices (negative from the end), as gc.grad's wrt."""
-    # the tensor parameters: unannotated trailing ones with defaults are Python constants
-    names = parameter_names(target.fn)[:len(annotated_types(target.fn) or ())]
+    names = parameter_names(target.fn)
+    tensors = names[:len(annotated_types(target.fn) or ())]  # the rest: unannotated defaults, constants
     if not wrt:
-        return names  # gradc computes in f32/f64 only, so every argument is a float argument
+        return tensors  # gradc computes in f32/f64 only, so every argument is a float argument
     chosen = [w.strip() for w in wrt.split(",") if w.strip()]
     indices = {w: int(w) for w in chosen if re.fullmatch(r"-?\d+", w, re.ASCII)}
     in_range = {w for w, i in indices.items() if -len(names) <= i < len(names)}
@@ -287,7 +289,12 @@ def _wrt(target: Target, wrt: str | None) -> list[str]:
     if unknown or not chosen:
         raise UsageError(f"--wrt {','.join(unknown) or wrt}: {target.name} has parameters "
                          f"{', '.join(names)} (indices 0 to {len(names) - 1}, or {-len(names)} to -1)")
-    return [names[indices[w]] if w in indices else w for w in chosen]
+    picked = [names[indices[w]] if w in indices else w for w in chosen]
+    constants = [w for w in picked if w not in tensors]
+    if constants:
+        raise UsageError(f"--wrt {','.join(constants)}: a parameter with a default and no annotation is a "
+                         f"Python constant, with no gradient; {target.name}'s tensors are {', '.join(tensors)}")
+    return picked
 
 
 @contextlib.contextmanager
@@ -385,6 +392,8 @@ def _with_legend(dot: str, title: str) -> str:
 
 def cmd_dot(args: argparse.Namespace, target: Target, out: Any) -> int:
     lowered = lower(target, _wrt(target, args.wrt))
+    if args.stage is None:
+        args.stage = "grad" if "grad" in lowered.graphs else "optimized"
     _stage(target, args.stage, list(lowered.graphs), "graph stages are {}")
     dot = _kernel_clusters(lowered.as_dot(args.stage), lowered.graphs[args.stage])
     dot = _with_legend(dot, f"{target.name}: {args.stage} stage")
@@ -548,7 +557,8 @@ def _parser() -> argparse.ArgumentParser:
 
     dot = command("dot", "Draw a graph stage: forward ops and adjoint ops in different colours.",
                   "gradc dot examples/models/seed.py:loss --stage grad -o seed.svg")
-    dot.add_argument("--stage", default="grad", help="a graph stage (default: grad)")
+    dot.add_argument("--stage", default=None,
+                     help="a graph stage (default: grad, or optimized for a function without a gradient)")
     dot.add_argument("-o", "--output", metavar="FILE", type=_picture, help="graph.svg, graph.png or "
                      "graph.pdf (needs Graphviz) or graph.dot; without -o the DOT text goes to standard "
                      "output")

@@ -92,6 +92,11 @@ def max(x: Sym, axis: Axis = None, keepdims: bool = False) -> Sym:  # noqa: A001
     return _tensor(x, "max").max(axis, keepdims)
 
 
+def min(x: Sym, axis: Axis = None, keepdims: bool = False) -> Sym:  # noqa: A001
+    """The smallest element over `axis`: -max(-x), ties sharing the gradient as max's do."""
+    return -(-_tensor(x, "min")).max(axis, keepdims)
+
+
 def _shifted(x: Sym, axis: Axis) -> tuple[Sym, tuple[int, ...]]:
     axes = normalize_axes(axis, x.ndim)
     return x - stop_gradient(x.max(axes, keepdims=True)), axes

@@ -54,22 +54,32 @@ class Tracer(Sym):
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if method == "__call__" and ufunc.__name__ in _UFUNC_OPERATORS and len(inputs) == 2:
             other = inputs[0] if inputs[1] is self else inputs[1]
-            raise TracingError(f"numpy array {_describe(other)} combined with a traced tensor: constant "
-                               "arrays are not captured; pass it to the function as an argument")
-        raise TracingError(f"numpy.{ufunc.__name__} applied to a traced tensor; "
-                           f"use gc.{_SUGGEST.get(ufunc.__name__, ufunc.__name__)} instead")
+            if isinstance(other, np.ndarray):
+                raise TracingError(f"numpy array {_describe(other)} combined with a traced tensor: constant "
+                                   "arrays are not captured; pass it to the function as an argument")
+        raise TracingError(f"numpy.{ufunc.__name__} applied to a traced tensor; use {_suggestion(ufunc.__name__)} "
+                           "instead")
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        raise TracingError(f"numpy.{func.__name__} applied to a traced tensor; "
-                           f"use gc.{_SUGGEST.get(func.__name__, func.__name__)} instead")
+        raise TracingError(f"numpy.{func.__name__} applied to a traced tensor; use {_suggestion(func.__name__)} "
+                           "instead")
 
 
 _UFUNC_OPERATORS = {"add", "subtract", "multiply", "divide", "true_divide", "matmul", "power"}
-_SUGGEST = {"subtract": "sub (the - operator)", "multiply": "mul (the * operator)", "amax": "max",
-            "true_divide": "div (the / operator)", "negative": "neg (unary -)", "absolute": "abs",
-            "greater": "where with the > operator", "less": "where with the < operator",
-            "greater_equal": "where with the >= operator", "less_equal": "where with the <= operator",
-            "power": "pow (the ** operator)", "fmax": "maximum", "fmin": "minimum", "amin": "minimum"}
+_SUGGEST = {"add": "the + operator", "subtract": "the - operator", "multiply": "the * operator",
+            "divide": "the / operator", "true_divide": "the / operator", "negative": "unary -",
+            "power": "the ** operator", "matmul": "the @ operator", "absolute": "gc.abs or abs()",
+            "amax": "gc.max", "amin": "gc.min", "fmax": "gc.maximum", "fmin": "gc.minimum",
+            "greater": "the > operator", "less": "the < operator", "greater_equal": "the >= operator",
+            "less_equal": "the <= operator"}
+
+
+def _suggestion(numpy_name: str) -> str:
+    """What to write instead of a numpy function: gradc's own of that name, if there is one."""
+    import gradc
+    if numpy_name in _SUGGEST:
+        return _SUGGEST[numpy_name]
+    return f"gc.{numpy_name}" if hasattr(gradc, numpy_name) else "the gc.* functions (gc.exp, gc.sum, ...)"
 
 
 def _describe(x: Any) -> str:
@@ -131,10 +141,12 @@ def function_name(fn: Callable) -> str:
 def parameter_names(fn: Callable) -> list[str]:
     params = list(inspect.signature(fn).parameters.values())
     for p in params:
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+        # a keyword-only parameter with a default (as functools.partial leaves one) is a constant
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and \
+                not (p.kind == p.KEYWORD_ONLY and p.default is not p.empty):
             raise TypeError(f"{function_name(fn)}: gradc traces positional tensor parameters only; "
                             f"parameter {p.name!r} is {p.kind.description}")
-    return [p.name for p in params]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def annotated_types(fn: Callable) -> list[TensorType] | None:
@@ -146,8 +158,8 @@ def annotated_types(fn: Callable) -> list[TensorType] | None:
         hints = getattr(fn, "__annotations__", {})
     found = [hints.get(n) for n in names]
     # trailing parameters with defaults may go unannotated: Python constants, as when left out
-    tensors = len(names)
-    while tensors > required_arguments(fn) and not isinstance(found[tensors - 1], Annotation):
+    tensors, required = len(names), required_arguments(fn)
+    while tensors > required and not isinstance(found[tensors - 1], Annotation):
         tensors -= 1
     if all(isinstance(a, Annotation) for a in found[:tensors]) and tensors:
         return [a.type for a in found[:tensors]]
@@ -161,7 +173,7 @@ def annotated_types(fn: Callable) -> list[TensorType] | None:
 def required_arguments(fn: Callable) -> int:
     """How many leading parameters have no default: a call gives at least these. The parameters
     after them that a call leaves out are Python constants while tracing, their defaults, as in JAX."""
-    return sum(p.default is p.empty for p in inspect.signature(fn).parameters.values())
+    return sum(p.default is p.empty and p.kind != p.KEYWORD_ONLY for p in inspect.signature(fn).parameters.values())
 
 
 def trace(fn: Callable, types: Sequence[TensorType]) -> tuple[Graph, Any]:
@@ -228,7 +240,7 @@ def _flatten_tree(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
     if isinstance(result, Sym):
         return [result], None
     if result is None:
-        return [], (type(None), [])
+        return [], (_builder(lambda items: None, "None"), [])
     if isinstance(result, (tuple, list, dict)):
         items = result.values() if isinstance(result, dict) else result
         flat, spec = [], []
@@ -236,23 +248,34 @@ def _flatten_tree(result: Any, fn: Callable) -> tuple[list[Sym], Any]:
             sub, s = _flatten_tree(item, fn)
             flat += sub
             spec.append((len(sub), s))
-        kind = ((type(result) if type(result) in (dict, OrderedDict) else dict, tuple(result))
-                if isinstance(result, dict) else type(result))
-        return flat, (kind, spec)
+        return flat, (_rebuilder(result), spec)
     raise TracingError(f"{function_name(fn)} must return traced tensors (in tuples, lists or dicts), "
-                    f"got {type(result).__name__} {result!r:.80}")
+                       f"got {type(result).__name__} {result!r:.80}")
+
+
+def _builder(build: Callable[[list], Any], name: str) -> Callable[[list], Any]:
+    build.__name__ = name  # what the structure is called in messages ("a dict", "a tuple")
+    return build
+
+
+def _rebuilder(container: tuple | list | dict) -> Callable[[list], Any]:
+    """What makes a container of `container`'s kind from its items, decided once while tracing:
+    `unflatten` runs on every call."""
+    kind = type(container)
+    if kind in (tuple, list):
+        return kind
+    if isinstance(container, tuple):  # a namedtuple takes its fields as arguments
+        return _builder(lambda items: kind._make(items), kind.__name__)
+    keys, cls = tuple(container), kind if kind in (dict, OrderedDict) else dict
+    return _builder(lambda items: cls(zip(keys, items)), cls.__name__)
 
 
 def unflatten(arrays: list[np.ndarray], structure: Any) -> Any:
     if structure is None:
         return arrays[0]
-    kind, spec = structure
+    build, spec = structure
     out, i = [], 0
     for count, s in spec:
         out.append(unflatten(arrays[i:i + count], s))
         i += count
-    if kind is type(None):
-        return None
-    if isinstance(kind, tuple):  # (dict or OrderedDict, keys)
-        return kind[0](zip(kind[1], out))
-    return kind(*out) if hasattr(kind, "_fields") else kind(out)  # a namedtuple takes its fields
+    return build(out)

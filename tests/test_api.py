@@ -3,6 +3,7 @@ source locations and value names in the IR, and clear errors for bad input."""
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import re
 
@@ -568,6 +569,15 @@ def test_numpy_functions_on_a_tracer(fn, name):
         gc.jit(fn)(rand(3))
 
 
+@pytest.mark.parametrize("fn, hint", [(lambda x: np.abs(x), "gc.abs or abs()"), (lambda x: np.amin(x), "gc.min"),
+                                      (lambda x: np.min(x), "gc.min"), (lambda x: np.power(x, 2.0), "the ** operator"),
+                                      (lambda x: np.greater(x, 0), "the > operator"),
+                                      (lambda x: np.cumsum(x), "the gc.* functions (gc.exp, gc.sum, ...)")])
+def test_numpy_functions_on_a_tracer_suggest_what_exists(fn, hint):
+    with pytest.raises(gc.TracingError, match=rf"applied to a traced tensor; use {re.escape(hint)} instead"):
+        gc.jit(fn)(rand(3))
+
+
 @pytest.mark.parametrize("fn", [lambda x: x + np.ones(3), lambda x: np.ones(3) + x,
                                 lambda x: x * np.ones(3), lambda x: np.ones(3) * x,
                                 lambda x: np.ones((3, 3)) @ x])
@@ -620,6 +630,28 @@ def test_returns_nest_dicts_and_none_as_pytrees():
     out = gc.jit(lambda x: pair(x * 2, collections.OrderedDict(y=x + 1)))(x)
     assert type(out) is pair and type(out.plus_one) is collections.OrderedDict
     np.testing.assert_array_equal(out.plus_one["y"], x + 1)
+
+
+def test_a_namedtuple_loss_with_aux():
+    result = collections.namedtuple("result", "loss aux")
+    x = rand(3)
+    (loss, aux), dx = gc.value_and_grad(lambda x: result(gc.sum(x * x), x * 2), has_aux=True)(x)
+    np.testing.assert_allclose(aux, 2 * x, rtol=1e-15)
+    np.testing.assert_allclose(dx, 2 * x, rtol=1e-15)
+
+
+def test_unannotated_defaults_of_an_annotated_function_are_constants():
+    def total(x: gc.f32["B", 3], axis=1):
+        return gc.sum(x, axis=axis)
+    x = f32(2, 3)
+    np.testing.assert_allclose(gc.jit(functools.partial(total, axis=0))(x), x.sum(0), rtol=1e-6)
+    for call in (lambda: gc.jit(total)(x, 0), lambda: gc.jit(total)(x, axis=0)):
+        with pytest.raises(TypeError, match=r"axis has a default and no annotation, so it is a Python constant"):
+            call()
+    with pytest.raises(gc.GradError, match=r"wrt='axis': in the annotated total, axis has a default"):
+        gc.grad(total, wrt=-1)
+    with pytest.raises(TypeError, match=r"argument 'b': None is not an array or a number"):
+        gc.jit(lambda x, b=None: x * 2.0)(x, None)
 
 
 def test_a_sequence_of_arrays_is_not_one_argument():

@@ -82,3 +82,14 @@ def test_random_arguments_bind_symbols_and_scale_matrices():
 
 def test_exported_from_the_package():
     assert gc.check_grad is check_grad
+
+
+def test_parameters_left_out_are_constants_not_gradients():
+    """By default every argument given is checked; a trailing default stays a Python constant."""
+    def summed(x: gc.f32[3, 2], axis=0):
+        return gc.sum(gc.sum(x * x, axis=axis) ** 2)
+    assert list(check_grad(summed).errors) == ["x"]
+
+    def scaled(x, W, scale=2.0):
+        return gc.sum(x @ W) * scale
+    assert list(check_grad(scaled, np.ones((2, 3)), np.ones((3, 4))).errors) == ["x", "W"]

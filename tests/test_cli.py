@@ -318,11 +318,12 @@ def test_functions_without_a_scalar_output_show_their_forward_stages(tmp_path):
     assert "vjp" not in everything and "define void @gradc_entry" in everything
     assert re.search(r"^gradc_entry:", ok("dump", f"{model}:jitonly", "--stage", "asm"), re.M)
     assert ok("dot", f"{model}:jitonly", "--stage", "optimized").startswith('digraph "jitonly"')
+    assert "jitonly: optimized stage" in ok("dot", f"{model}:jitonly")  # dot's default without a gradient
     assert "forward call with B=4" in ok("profile", f"{model}:jitonly", "--calls", "5")
     # the same forward stages as gc.jit(f).lower() in Python
     assert traced == str(gc.jit(load_module(model).jitonly).lower().graphs["traced"])
     # stages that need a gradient say why there is none
-    for args in (("dump", "--stage", "grad"), ("dot",), ("dot", "--stage", "grad")):
+    for args in (("dump", "--stage", "grad"), ("dot", "--stage", "grad")):
         err = fails(args[0], f"{model}:jitonly", *args[1:], cwd=tmp_path)
         assert err.startswith("m.py:3: error: jitonly has no scalar output (it returns f32[B,3]), so there "
                               "is no gradient and no grad stage; its stages are traced, optimized"), err
@@ -497,3 +498,31 @@ def test_gradc_dump_environment_variable(tmp_path):
     names = sorted(p.name for p in (tmp_path / "d" / "loss").iterdir())
     assert "00-traced.txt" in names and any(n.endswith("-llvm-unoptimized.txt") for n in names)
     assert not (tmp_path / "d" / "loss-2").exists()  # compiled once, dumped once
+
+
+DEFAULTS_AND_DICTS = """\
+    import gradc as gc
+
+    def scaled(x: gc.f32[3], W: gc.f32[3], scale=2.0):
+        return gc.sum(x * W) * scale
+
+    def named(x: gc.f32[3]):
+        return {"double": x * 2.0, "total": gc.sum(x)}
+
+    def power(x: gc.f32[3]):
+        return gc.sum(2.0 ** x)
+"""
+
+
+def test_defaults_dicts_and_constant_powers_on_the_command_line(tmp_path):
+    """An unannotated default is a constant (not a gradient, whatever index names it, as in
+    gc.grad); a dict result has forward stages only; explain writes c ** x as a power."""
+    model = write(tmp_path, "m.py", DEFAULTS_AND_DICTS)
+    checked = ok("check", f"{model}:scaled")
+    assert "∂L/∂x" in checked and "∂L/∂W" in checked and "∂L/∂scale" not in checked
+    assert "--wrt scale: a parameter with a default and no annotation is a Python constant" in \
+        usage_error("check", f"{model}:scaled", "--wrt=-1")
+    assert "W" in ok("check", f"{model}:scaled", "--wrt=-2") and "∂L/∂x" not in ok("check", f"{model}:scaled", "--wrt=1")
+    assert "func @named(%x: f32[3]) -> (f32[3], f32[])" in ok("dump", f"{model}:named", "--stage", "traced")
+    assert "named has no scalar output (it returns a dict (f32[3], f32[]))" in fails("check", f"{model}:named")
+    assert "L     = Σ 2^(x)" in ok("explain", f"{model}:power")

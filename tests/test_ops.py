@@ -156,13 +156,13 @@ for _name, _shapes in WHERE_TRIPLES.items():
     case("where", f"{_name}-mask", _shapes, domains=(NONZERO, ANY, ANY), tol="exact",
          build=lambda b, dt, c, x, y: b.op("where", b.op("gt", c, b.const(0.0, dt)), x, y))
 
-# pow: integer exponents use square-and-multiply, 0.5 sqrt, others e^(y log x) with y log x unrounded
+# pow: x ** 1..4 products, -1 a division, 0.5/-0.5/1.5 sqrt, others e^(y log |x|) with y log x unrounded
 for _e in (2.0, 3.0, -1.0, 0.5, 1.5, 0.0, -2.5, -0.5, 2.2):
     case("pow", f"e{_e:g}", [(3, 4)], attrs={"exponent": _e}, domains=(POSITIVE,), tol="transcendental")
 case("pow", "e3-0d", [()], attrs={"exponent": 3.0}, domains=(POSITIVE,), tol="transcendental")
 for _b in (2.0, 0.3):
     case("rpow", f"b{_b:g}", [(3, 4)], attrs={"base": _b}, tol="transcendental")
-# past 64 products, integer exponents go through e^(y log |x|) with the sign of an odd power
+# integer exponents past 4 go through e^(y log |x|) with the sign of an odd power
 for _e in (65.0, 66.0, -65.0):
     case("pow", f"e{_e:g}-signed", [(3, 4)], attrs={"exponent": _e}, domains=(uniform(-1.1, 1.1),),
          tol="transcendental")

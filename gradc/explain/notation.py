@@ -25,7 +25,8 @@ _FUNCTIONS = {
     "sigmoid": ("σ({0})", r"\sigma({0})"), "tanh": ("tanh({0})", r"\tanh({0})"),
     "exp": ("exp({0})", r"\exp({0})"), "log": ("log({0})", r"\log({0})"),
     "sqrt": ("√({0})", r"\sqrt{{{0}}}"), "relu": ("relu({0})", r"\operatorname{{relu}}({0})"),
-    "maximum": ("max({0}, {1})", r"\max({0}, {1})"), "minimum": ("min({0}, {1})", r"\min({0}, {1})"), "gt": ("𝟙({0} > {1})", r"\mathbb{{1}}[{0} > {1}]"),
+    "maximum": ("max({0}, {1})", r"\max({0}, {1})"), "minimum": ("min({0}, {1})", r"\min({0}, {1})"),
+    "gt": ("𝟙({0} > {1})", r"\mathbb{{1}}[{0} > {1}]"),
     "eq": ("𝟙({0} = {1})", r"\mathbb{{1}}[{0} = {1}]"),
     "abs": ("|{0}|", r"\lvert {0} \rvert"),
     "softmax": ("softmax({0})", r"\operatorname{{softmax}}({0})"),
@@ -197,6 +198,9 @@ class _Notation:
     def function(self, e: Fn) -> str:
         args = [self.render(a)[0] for a in e.args]
         attrs = dict(e.attrs)
+        if e.name == "rpow":  # c ** x: the constant base to the power of the tensor
+            base = _number(attrs["base"])
+            return f"{base}^{{{args[0]}}}" if self.latex else f"{base}^({args[0]})"
         if e.name in _FUNCTIONS and len(args) <= 2:
             text = _FUNCTIONS[e.name][self.latex].format(*args)
             axis = attrs.get("axis")
