@@ -208,6 +208,7 @@ class Compiled:
             outputs = self._call_recent(args, first=1)
             if outputs is not None:
                 return outputs
+        given = args
         args = self._positional(args, kwargs)
         if any(isinstance(a, Sym) for a in args):  # called inside another function being traced
             if self.mode != "jit":
@@ -216,7 +217,7 @@ class Compiled:
                                 f"compile the outer function with gc.{self.mode} instead")
             return self.fn(*args)  # as JAX inlines a nested jit: its ops join the outer graph
         arrays = self._arrays(args)
-        if arrays is not args and recent:  # numbers and lists, as arrays, may fit a recent signature
+        if arrays is not given and recent:  # keywords in order, numbers as arrays, may fit a recent signature
             outputs = self._call_recent(arrays, first=0)
             if outputs is not None:
                 return outputs
