@@ -313,6 +313,10 @@ def test_minimum_where_and_comparisons_match_numpy(dtype):
     for got, want in zip(masks, (a > b, a < b, a >= b, a <= b)):
         np.testing.assert_array_equal(got, want.astype(dtype))
     np.testing.assert_array_equal(gc.jit(lambda a, b: gc.minimum(a, b))(a, b), np.minimum(a, b))
+    # signed zeros as IEEE 754-2019 (and JAX): max(-0, +0) is +0 and min is -0, in either order
+    z, w = np.array([0.0, -0.0, 0.0, -0.0], dtype), np.array([-0.0, 0.0, 0.0, -0.0], dtype)
+    np.testing.assert_array_equal(np.signbit(gc.jit(lambda a, b: gc.maximum(a, b))(z, w)), [0, 0, 0, 1])
+    np.testing.assert_array_equal(np.signbit(gc.jit(lambda a, b: gc.minimum(a, b))(z, w)), [1, 1, 0, 1])
     chosen = gc.jit(lambda c, a, b: gc.where(c, a, b))(a, a * 2, b)
     np.testing.assert_array_equal(chosen, np.where(a != 0, a * 2, b))
     np.testing.assert_array_equal(gc.jit(lambda a: gc.where(a > 0, a, 0.5))(values),
