@@ -12,13 +12,13 @@ from gradc.tracing import annotated_types
 from models import load_example as load
 
 
-@pytest.mark.parametrize("name", ["seed", "mlp3"])
-def test_example_models_pass(name):
+@pytest.mark.parametrize("name, tensors", [("seed", 4), ("mlp3", 8), ("logistic", 5)])
+def test_example_models_pass(name, tensors):
     fn = load(name)
     result = check_grad(fn, *random_arguments(annotated_types(fn), {"B": 5}, seed=1))
-    assert result.ok and set(result.errors) == set(gc.tracing.parameter_names(fn))
+    assert result.ok and list(result.errors) == gc.tracing.parameter_names(fn)[:tensors]
     assert max(result.errors.values()) < 1e-5  # central differences in float64 resolve about 1e-6
-    assert "all 4 gradients agree" in str(result) or "all 8 gradients agree" in str(result)
+    assert f"all {tensors} gradients agree" in str(result)
 
 
 def test_float32_model_is_checked_in_float64():
