@@ -400,8 +400,7 @@ def cmd_dot(args: argparse.Namespace, target: Target, out: Any) -> int:
     if args.output is None:
         out.write(dot)
         return 0
-    path = Path(args.output)
-    fmt = _picture_format(args.output)
+    path, fmt = args.output
     if fmt in DOT_FORMATS:
         path.write_text(dot, encoding="utf-8")
     else:
@@ -491,17 +490,13 @@ def _dim(item: str) -> tuple[str, int]:
     return name, int(size)
 
 
-def _picture_format(path: str) -> str:
+def _picture(path: str) -> tuple[Path, str]:
+    """-o FILE: the path and the format its suffix names."""
     fmt = Path(path).suffix.lstrip(".").lower()
     if fmt not in GRAPHVIZ_FORMATS + DOT_FORMATS:
-        raise argparse.ArgumentTypeError(f"{path}: the picture format comes from the suffix: .svg, .png, "
-                                         ".pdf or .dot")
-    return fmt
-
-
-def _picture(path: str) -> str:
-    _picture_format(path)  # checked while parsing; cmd_dot asks again for the format
-    return path
+        suffixes = ", ".join("." + f for f in GRAPHVIZ_FORMATS + DOT_FORMATS)
+        raise argparse.ArgumentTypeError(f"{path}: the picture format comes from the suffix: {suffixes}")
+    return Path(path), fmt
 
 
 def _at_least(least: int) -> Callable[[str], int]:

@@ -42,18 +42,19 @@ abs = _unary("abs")  # noqa: A001 - numpy's name
 stop_gradient = _unary("stop_gradient")
 
 
-def maximum(a: Any, b: Any) -> Sym:
-    """Elementwise maximum with numpy broadcasting; a Python number adopts the tensor's dtype."""
-    if not isinstance(a, Sym):
-        a, b = b, a
-    return _tensor(a, "maximum")._binary("maximum", b)
+def _extremum(name: str):
+    def fn(a: Any, b: Any) -> Sym:
+        if not isinstance(a, Sym):  # symmetric: a Python number on either side adopts the tensor's dtype
+            a, b = b, a
+        return _tensor(a, name)._binary(name, b)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = (f"Elementwise {name} with numpy broadcasting, NaN-propagating; a tie splits the gradient "
+                  "evenly. A Python number adopts the tensor's dtype.")
+    return fn
 
 
-def minimum(a: Any, b: Any) -> Sym:
-    """Elementwise minimum with numpy broadcasting, NaN-propagating; a tie splits the gradient."""
-    if not isinstance(a, Sym):
-        a, b = b, a
-    return _tensor(a, "minimum")._binary("minimum", b)
+maximum = _extremum("maximum")
+minimum = _extremum("minimum")
 
 
 def where(condition: Any, a: Any, b: Any) -> Sym:
@@ -64,11 +65,7 @@ def where(condition: Any, a: Any, b: Any) -> Sym:
     if not tensors:
         raise TypeError("gc.where needs at least one traced tensor argument")
     like = tensors[0]
-    c, a, b = (like.builder.lift(x, like) for x in (condition, a, b))
-    if len({c.dtype, a.dtype, b.dtype}) != 1:
-        raise TypeError(f"gc.where: dtypes {c.dtype}, {a.dtype} and {b.dtype} differ; gradc does not promote "
-                        "silently")
-    return like.builder.op("where", c, a, b)
+    return like.builder.op("where", *(like.builder.lift(x, like) for x in (condition, a, b)))
 
 
 def matmul(a: Sym, b: Sym) -> Sym:

@@ -180,7 +180,7 @@ def test_dot_fused_kernels_are_clusters():
 
 def test_dot_needs_a_graph_stage_and_a_known_format(tmp_path):
     assert "graph stages are traced, grad" in usage_error("dot", SEED, "--stage", "llvm")
-    assert ".svg, .png, .pdf or .dot" in usage_error("dot", SEED, "-o", str(tmp_path / "x.jpg"))
+    assert ".svg, .png, .pdf, .dot, .gv" in usage_error("dot", SEED, "-o", str(tmp_path / "x.jpg"))
     assert not (tmp_path / "x.jpg").exists()
 
 
